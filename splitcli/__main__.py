@@ -1,0 +1,3 @@
+from splitcli.cli import main
+
+main()

@@ -1,0 +1,23 @@
+"""The one error type the library raises; only the CLI turns it into a message and an exit code."""
+
+
+class SplitError(Exception):
+    """A failure the user can act on: `str(error)` is one line naming the cause and the fix."""
+
+    exit_code = 2
+
+
+class ProfileError(SplitError):
+    """A profile file or override is invalid."""
+
+
+class ServerError(SplitError):
+    """A vLLM server could not be started, reached or stopped."""
+
+
+class EngineError(SplitError):
+    """A request to a model server failed (down, died mid-request, bad reply)."""
+
+
+class UsageError(SplitError):
+    """Bad input on the command line (empty question, unknown name, ...)."""
