@@ -1,0 +1,132 @@
+"""kill-gpus: end what splitreason started (and its orphans), and on request other GPU processes.
+
+Unlike `fuser -k -9 /dev/nvidia*`, nothing is ended that was not asked for: by default only processes
+carrying our launch marker; with --all also what NVML shows on the chosen GPUs, listed first.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+from rich.table import Table
+
+from splitcli import console, gpus, servers
+
+
+@dataclass
+class KillPlan:
+    gpu_filter: list[int] | None
+    ours: list[servers.ServerRecord] = field(default_factory=list)
+    orphans: list[psutil.Process] = field(default_factory=list)
+    foreign: list[gpus.GpuProcess] = field(default_factory=list)
+    nvml: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gpus": self.gpu_filter, "nvml": self.nvml,
+            "servers": [{"name": r.name, "pid": r.pid, "gpus": r.gpus} for r in self.ours],
+            "orphans": [{"pid": p.pid, "command": _command(p)} for p in self.orphans],
+            "foreign": [vars(p) for p in self.foreign],
+        }
+
+
+def _command(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline())[:100] or proc.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return "?"
+
+
+def _visible_gpus(proc: psutil.Process) -> set[int]:
+    try:
+        value = proc.environ().get("CUDA_VISIBLE_DEVICES", "")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return set()
+    return {int(part) for part in value.split(",") if part.strip().isdigit()}
+
+
+def plan(gpu_filter: list[int] | None, include_foreign: bool) -> KillPlan:
+    """Work out what kill-gpus would end."""
+    result = KillPlan(gpu_filter, nvml=gpus.available())
+    wanted = set(gpu_filter) if gpu_filter is not None else None
+    records = servers.all_records()
+    result.ours = [r for r in records if wanted is None or wanted & set(r.gpus)]
+    known_markers = {r.marker for r in records}
+    for proc in servers.marked_processes():
+        try:
+            marker = proc.environ().get(servers.MARKER_ENV)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if marker not in known_markers and (wanted is None or wanted & _visible_gpus(proc)):
+            result.orphans.append(proc)
+    if include_foreign and result.nvml:
+        ours_pids = {os.getpid()} | {p.pid for p in result.orphans}
+        for record in result.ours:
+            ours_pids |= {p.pid for p in record.processes()}
+        result.foreign = [p for p in gpus.processes(gpu_filter) if p.pid not in ours_pids]
+    return result
+
+
+def render_plan(kill_plan: KillPlan) -> None:
+    if not (kill_plan.ours or kill_plan.orphans or kill_plan.foreign):
+        console.info("nothing to end: no splitreason servers or orphans")
+    for record in kill_plan.ours:
+        console.err.print(f"splitreason server {record.name} (pid {record.pid}, GPUs {record.gpus or 'cpu'})")
+    for proc in kill_plan.orphans:
+        console.err.print(f"orphan of a splitreason server: pid {proc.pid} ({_command(proc)})")
+    if kill_plan.foreign:
+        table = Table("GPU", "pid", "user", "command", "GPU memory", title="processes splitreason did not start")
+        for p in kill_plan.foreign:
+            table.add_row(str(p.gpu), str(p.pid), p.user, p.command[:60], f"{p.used_mib / 1024:.1f} GiB")
+        console.err.print(table)
+
+
+def execute(kill_plan: KillPlan) -> dict[str, Any]:
+    """End the planned processes, then wait for their GPU memory to be released."""
+    ended: list[int] = []
+    survivors: list[int] = []
+    for record in kill_plan.ours:
+        result = servers.stop(record, quiet=True)
+        ended += [record.pid]
+        survivors += result.left
+    left = servers.terminate(kill_plan.orphans, grace=10.0)
+    ended += [p.pid for p in kill_plan.orphans]
+    survivors += [p.pid for p in left]
+    foreign_procs = []
+    for entry in kill_plan.foreign:
+        try:
+            foreign_procs.append(psutil.Process(entry.pid))
+        except psutil.NoSuchProcess:
+            continue
+    survivors += [p.pid for p in servers.terminate(foreign_procs, grace=10.0)]
+    ended += [p.pid for p in foreign_procs]
+    report: dict[str, Any] = {"ended": ended, "survived": survivors}
+    if not kill_plan.nvml:
+        report["gpu_check"] = "skipped: no NVIDIA driver (NVML unavailable)"
+        return report
+    gpus.wait_released(set(ended), kill_plan.gpu_filter)
+    indices = kill_plan.gpu_filter if kill_plan.gpu_filter is not None else list(range(gpus.gpu_count()))
+    remaining = gpus.processes(indices)
+    report["gpus"] = {
+        str(index): {
+            "used_mib": round(gpus.memory_used_mib(index)),
+            "processes": [p.pid for p in remaining if p.gpu == index],
+        }
+        for index in indices
+    }
+    return report
+
+
+def render_report(report: dict[str, Any]) -> None:
+    console.err.print(f"ended {len(report['ended'])} process(es)")
+    if report["survived"]:
+        console.warn(f"still alive after SIGKILL: {', '.join(map(str, report['survived']))}")
+    if "gpu_check" in report:
+        console.info(f"GPU check {report['gpu_check']}")
+        return
+    for index, state in report["gpus"].items():
+        others = f", {len(state['processes'])} process(es) left" if state["processes"] else ""
+        console.err.print(f"GPU {index}: {state['used_mib'] / 1024:.1f} GiB in use{others}")

