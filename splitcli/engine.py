@@ -1,0 +1,181 @@
+"""Async client for vLLM's OpenAI-compatible completions API (plus its tokenize endpoints).
+
+Requests are spread round-robin over a model's replicas. Every request is recorded as a Call.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from splitcli.errors import EngineError
+from splitcli.trace import Call, Model
+
+Prompt = list[int] | str
+
+
+@dataclass
+class Completion:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    # Text of each streamed delta with its token count, to cut a completion at a token boundary.
+    pieces: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def ended_with_eos(self) -> bool:
+        """vLLM reports finish_reason 'stop' with no stop_reason when EOS ended the text."""
+        return self.finish_reason == "stop" and self.stop_reason is None
+
+
+class EngineClient:
+    """One model (small or big) behind one or several vLLM servers."""
+
+    def __init__(self, role: Model, model_name: str, urls: list[str], start_hint: str,
+                 clock: Callable[[], float], record: Callable[[Call], None], timeout: float = 600.0) -> None:
+        self.role = role
+        self.model_name = model_name
+        self.urls = urls
+        self.start_hint = start_hint
+        self._clock = clock
+        self._record = record
+        self._next_url = itertools.cycle(urls)
+        self.skip_special_tokens = True
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0), trust_env=False,
+                                       limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _failure(self, url: str, exc: Exception) -> EngineError:
+        return EngineError(
+            f"{self.role} model {self.model_name} at {url} failed ({type(exc).__name__}: {exc or 'no reply'}); "
+            f"is it running? start it with `{self.start_hint}`"
+        )
+
+    async def _post(self, path: str, body: dict[str, Any], kind: str) -> tuple[dict[str, Any], Call]:
+        url = next(self._next_url)
+        call = Call(self.role, kind, self._clock(), 0.0)
+        try:
+            response = await self._http.post(f"{url}{path}", json=body)
+        except httpx.HTTPError as exc:
+            raise self._failure(url, exc) from None
+        finally:
+            call.end = self._clock()
+        if response.status_code != 200:
+            raise EngineError(f"{self.role} model at {url} rejected the request: {_error_message(response)}")
+        self._record(call)
+        return response.json(), call
+
+    # -- tokenizer endpoints (they apply the model's own chat template)
+    async def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        body = {"model": self.model_name, "messages": messages, "add_generation_prompt": True}
+        data, _ = await self._post("/tokenize", body, "tokenize")
+        return list(data["tokens"])
+
+    async def tokenize(self, text: str) -> list[int]:
+        body = {"model": self.model_name, "prompt": text, "add_special_tokens": False}
+        data, _ = await self._post("/tokenize", body, "tokenize")
+        return list(data["tokens"])
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        data, _ = await self._post("/detokenize", {"model": self.model_name, "tokens": token_ids}, "detokenize")
+        return str(data["prompt"])
+
+    # -- completions
+    def _body(self, prompt: Prompt | list[Prompt], max_tokens: int, temperature: float, top_p: float,
+              seed: int | None, stop: list[str] | None, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model_name, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
+            "top_p": top_p, "return_token_ids": True, "skip_special_tokens": self.skip_special_tokens,
+            "include_stop_str_in_output": True, "add_special_tokens": False,
+        }
+        if stop:
+            body["stop"] = stop
+        if seed is not None:
+            body["seed"] = seed
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    async def complete(self, prompts: list[Prompt], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                       seed: int | None = None, stop: list[str] | None = None, kind: str = "generate") -> list[Completion]:
+        """n prompts in one request; one Completion per prompt, in order."""
+        body = self._body(prompts, max_tokens, temperature, top_p, seed, stop, stream=False)
+        data, call = await self._post("/v1/completions", body, kind)
+        usage = data.get("usage") or {}
+        call.prompts = len(prompts)
+        call.prompt_tokens = usage.get("prompt_tokens", 0)
+        call.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        call.completion_tokens = usage.get("completion_tokens", 0)
+        results = [Completion() for _ in prompts]
+        for choice in data["choices"]:
+            result = results[choice["index"]]
+            result.text = choice["text"]
+            result.token_ids = list(choice.get("token_ids") or [])
+            result.finish_reason = choice.get("finish_reason")
+            result.stop_reason = choice.get("stop_reason")
+            result.pieces = [(result.text, len(result.token_ids))]
+        if len(results) == 1:
+            results[0].prompt_tokens, results[0].cached_tokens = call.prompt_tokens, call.cached_tokens
+        return results
+
+    async def stream(self, prompt: Prompt, *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                     seed: int | None = None, stop: list[str] | None = None,
+                     on_delta: Callable[[str, list[int]], None] | None = None) -> Completion:
+        """One prompt, streamed; `on_delta(text, token_ids)` sees every piece as it arrives."""
+        body = self._body(prompt, max_tokens, temperature, top_p, seed, stop, stream=True)
+        url = next(self._next_url)
+        call = Call(self.role, "generate", self._clock(), 0.0)
+        result = Completion()
+        try:
+            async with self._http.stream("POST", f"{url}/v1/completions", json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise EngineError(f"{self.role} model at {url} rejected the request: {_error_message(response)}")
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        raise EngineError(f"{self.role} model at {url} failed mid-request: {event['error']}")
+                    for choice in event.get("choices", []):
+                        text, ids = choice.get("text", ""), list(choice.get("token_ids") or [])
+                        result.text += text
+                        result.token_ids += ids
+                        result.pieces.append((text, len(ids)))
+                        if choice.get("finish_reason") is not None:
+                            result.finish_reason = choice["finish_reason"]
+                            result.stop_reason = choice.get("stop_reason")
+                        if on_delta is not None and (text or ids):
+                            on_delta(text, ids)
+                    usage = event.get("usage")
+                    if usage:
+                        result.prompt_tokens = usage.get("prompt_tokens", 0)
+                        result.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+                        call.completion_tokens = usage.get("completion_tokens", 0)
+        except httpx.HTTPError as exc:
+            raise self._failure(url, exc) from None
+        finally:
+            call.end = self._clock()
+        call.prompt_tokens, call.cached_tokens = result.prompt_tokens, result.cached_tokens
+        self._record(call)
+        return result
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+        message = data.get("error", {}).get("message") if isinstance(data.get("error"), dict) else data.get("message")
+        return str(message or data)[:300]
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:200]}"

@@ -1,0 +1,150 @@
+"""Drawing a Trace: live while it is generated, statically afterwards, and as plain text."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from splitcli.console import BIG_STYLE, SMALL_STYLE, TAG_STYLE
+from splitcli.trace import Segment, Trace
+
+STYLES = {"small": SMALL_STYLE, "big": BIG_STYLE}
+
+
+def legend(trace: Trace) -> Text:
+    small = trace.models.get("small", "small model")
+    big = trace.models.get("big", "big model")
+    return Text.assemble(
+        ("■ ", SMALL_STYLE), (f"small: {small}", SMALL_STYLE), "   ",
+        ("■ ", BIG_STYLE), (f"big: {big}", BIG_STYLE), "   ", ("<tags> dim", TAG_STYLE),
+    )
+
+
+def trace_text(trace: Trace, open_tag: str = "<bigmodel>", close_tag: str = "</bigmodel>") -> Text:
+    text = Text()
+    for segment in trace.segments:
+        text.append(segment.text, style=STYLES[segment.model])
+    text.highlight_regex(f"{re.escape(open_tag)}|{re.escape(close_tag)}", TAG_STYLE)
+    return text
+
+
+def footer(trace: Trace) -> Text:
+    stats = trace.stats()
+    tokens = stats["tokens"]
+    return Text.assemble(
+        (f"small {tokens['small']} tok", SMALL_STYLE), " · ", (f"big {tokens['big']} tok", BIG_STYLE),
+        f" · offload {stats['offload_share']:.1%} · handoffs {stats['handoffs']} · {stats['wall_seconds']:.1f}s",
+        style="dim" if trace.wall_seconds is None else "",
+    )
+
+
+def summary_table(trace: Trace) -> Table:
+    stats = trace.stats()
+    table = Table(title="summary", title_justify="left")
+    for column in ("model", "tokens", "time (s)", "tokens/s"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for role in ("small", "big"):
+        if role not in trace.models:
+            continue
+        rate = stats["tokens_per_second"][role]
+        table.add_row(Text(f"{role}: {trace.models[role]}", STYLES[role]), str(stats["tokens"][role]),
+                      f"{stats['seconds'][role]:.2f}", f"{rate:.1f}" if rate else "-")
+    costs = stats["handoff_costs"]
+    uncached = sum(cost["uncached_prompt_tokens"] for cost in costs)
+    latency = stats["mean_handoff_latency_s"]
+    table.add_section()
+    table.add_row("offload share", f"{stats['offload_share']:.1%}", "", "")
+    table.add_row("handoffs", str(stats["handoffs"]), f"{latency:.3f}" if latency is not None else "-",
+                  "mean latency to first token")
+    table.add_row("handoff prompt tokens not cached", str(uncached), "", "")
+    table.add_row("wall time / HTTP time", "", f"{stats['wall_seconds']:.2f}", f"{stats['http_seconds']:.2f}")
+    table.add_row(Text("answer", "bold"), Text(stats["answer"] or "(none)", "bold green"), "", "")
+    return table
+
+
+def show(trace: Trace, console: Console) -> None:
+    """The finished trace with legend and summary (same view as at the end of a live run)."""
+    console.print(legend(trace))
+    console.print(trace_text(trace))
+    console.print(summary_table(trace))
+
+
+def plain_summary(trace: Trace) -> str:
+    stats = trace.stats()
+    tokens = stats["tokens"]
+    return (
+        f"tokens: small {tokens['small']}, big {tokens['big']}; offload {stats['offload_share']:.1%}; "
+        f"handoffs {stats['handoffs']}; wall {stats['wall_seconds']:.2f}s; answer: {stats['answer']}"
+    )
+
+
+def plain_text(trace: Trace) -> str:
+    return "".join(_marked(segment, segment.text) for segment in trace.segments)
+
+
+def _marked(segment: Segment, text: str) -> str:
+    return f"[big]{text}[/big]" if segment.model == "big" else text
+
+
+class PlainStream:
+    """Plain text as it is generated: small text at once, big text once its segment is final
+    (a probe may still cut it), `[big]...[/big]` around big text."""
+
+    def __init__(self, out: Any = None) -> None:
+        self.out = out or sys.stdout
+        self.current: Segment | None = None
+        self.printed = 0
+
+    def __call__(self, event: str, segment: Segment) -> None:
+        if event == "open" and segment is not self.current:
+            self.flush()
+            self.current, self.printed = segment, 0
+        elif event == "update" and segment.model == "small" and segment is self.current:
+            self._write(segment.text[self.printed:])
+            self.printed = len(segment.text)
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def flush(self) -> None:
+        segment = self.current
+        if segment is None:
+            return
+        rest = segment.text[self.printed:]
+        self._write(_marked(segment, rest) if segment.model == "big" else rest)
+        self.printed = len(segment.text)
+
+
+class LiveView:
+    """A rich Live view: the tail of the trace that fits the screen, and a footer with running stats."""
+
+    def __init__(self, console: Console) -> None:
+        self.trace: Trace | None = None
+        self.console = console
+        self.live = Live(get_renderable=self._renderable, console=console, refresh_per_second=8, transient=True)
+
+    def attach(self, trace: Trace) -> None:
+        self.trace = trace
+
+    def _renderable(self) -> Group | Text:
+        if self.trace is None:
+            return Text("preparing prompts", style="dim")
+        body = trace_text(self.trace)
+        lines = body.wrap(self.console, self.console.width)
+        room = max(3, self.console.height - 3)
+        tail = Text("\n").join(lines[-room:]) if len(lines) > room else body
+        return Group(legend(self.trace), tail, footer(self.trace))
+
+    def __enter__(self) -> LiveView:
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(None, None, None)

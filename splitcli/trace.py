@@ -1,0 +1,210 @@
+"""The Trace: ordered segments, each written by one model, plus the HTTP calls that produced them.
+
+It is the one data structure between a mode, the terminal renderer, the saved JSONL, eval metrics
+and the API. Times are seconds since the trace started.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from splitcli.errors import UsageError
+
+TRACE_VERSION = 1
+Model = Literal["small", "big"]
+MODELS: tuple[Model, Model] = ("small", "big")
+
+
+@dataclass
+class Call:
+    """One HTTP request to a model server."""
+
+    model: Model
+    kind: str  # generate | probe | tokenize | detokenize
+    start: float
+    end: float
+    prompts: int = 1
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class Segment:
+    """A stretch of text one model wrote (tags included as the small model wrote or closed them)."""
+
+    model: Model
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    start: float = 0.0
+    end: float | None = None
+    first_token: float | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    finish_reason: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass
+class Trace:
+    question: str
+    mode: str
+    profile: str = ""
+    models: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)
+    handoff: str = "text"  # token_ids when both models share a tokenizer
+    segments: list[Segment] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    wall_seconds: float | None = None
+    error: str | None = None
+    version: int = TRACE_VERSION
+
+    def __post_init__(self) -> None:
+        self._t0 = time.perf_counter()
+        self._listeners: list[Callable[[str, Segment], None]] = []
+
+    # -- building
+    def now(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def subscribe(self, listener: Callable[[str, Segment], None]) -> None:
+        """Called with (event, segment) on `open`, `update` and `close`."""
+        self._listeners.append(listener)
+
+    def emit(self, event: str, segment: Segment) -> None:
+        for listener in self._listeners:
+            listener(event, segment)
+
+    def open_segment(self, model: Model) -> Segment:
+        segment = Segment(model=model, start=self.now())
+        self.segments.append(segment)
+        self.emit("open", segment)
+        return segment
+
+    def close_segment(self, segment: Segment, finish_reason: str | None) -> None:
+        segment.end = self.now()
+        segment.finish_reason = finish_reason
+        self.emit("close", segment)
+
+    def finish(self, error: str | None = None) -> None:
+        self.wall_seconds = self.now()
+        self.error = error
+        for segment in self.segments:
+            if segment.end is None:
+                segment.end = self.wall_seconds
+
+    # -- reading
+    @property
+    def text(self) -> str:
+        return "".join(segment.text for segment in self.segments)
+
+    @property
+    def answer(self) -> str | None:
+        return final_answer(self.text)
+
+    def stats(self) -> dict[str, Any]:
+        """Derived numbers: tokens and time per model, offload share, handoffs and their cost."""
+        tokens = {m: sum(s.tokens for s in self.segments if s.model == m) for m in MODELS}
+        generated = sum(tokens.values())
+        seconds = {m: sum(c.seconds for c in self.calls if c.model == m) for m in MODELS}
+        gen_seconds = {m: sum(c.seconds for c in self.calls if c.model == m and c.kind == "generate") for m in MODELS}
+        handoffs = [(prev, seg) for prev, seg in zip(self.segments, self.segments[1:], strict=False) if prev.model != seg.model]
+        costs = [
+            {
+                "to": seg.model,
+                "latency_s": round((seg.first_token - (prev.end or seg.start)), 4) if seg.first_token is not None else None,
+                "prompt_tokens": seg.prompt_tokens,
+                "uncached_prompt_tokens": seg.prompt_tokens - seg.cached_tokens,
+            }
+            for prev, seg in handoffs
+        ]
+        http = sum(c.seconds for c in self.calls)
+        wall = self.wall_seconds if self.wall_seconds is not None else self.now()
+        latencies = [c["latency_s"] for c in costs if c["latency_s"] is not None]
+        return {
+            "tokens": tokens,
+            "generated_tokens": generated,
+            "offload_share": round(tokens["big"] / generated, 4) if generated else 0.0,
+            "handoffs": len(handoffs),
+            "seconds": {m: round(v, 4) for m, v in seconds.items()},
+            "tokens_per_second": {m: round(tokens[m] / gen_seconds[m], 1) if gen_seconds[m] else None for m in MODELS},
+            "wall_seconds": round(wall, 4),
+            "http_seconds": round(http, 4),
+            "requests": len(self.calls),
+            "handoff_costs": costs,
+            "mean_handoff_latency_s": round(sum(latencies) / len(latencies), 4) if latencies else None,
+            "answer": self.answer,
+        }
+
+    # -- storage
+    def to_dict(self) -> dict[str, Any]:
+        data = {key: value for key, value in asdict(self).items() if not key.startswith("_")}
+        data["stats"] = self.stats()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trace:
+        version = data.get("version")
+        if version != TRACE_VERSION:
+            raise UsageError(f"trace version {version!r} is not supported (this splitreason reads version {TRACE_VERSION})")
+        fields = {key: value for key, value in data.items() if key not in ("stats", "segments", "calls")}
+        trace = cls(**fields)
+        trace.segments = [Segment(**segment) for segment in data.get("segments", [])]
+        trace.calls = [Call(**call) for call in data.get("calls", [])]
+        return trace
+
+    def append_jsonl(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as handle:
+            handle.write(json.dumps(self.to_dict()) + "\n")
+
+
+def load_jsonl(path: Path) -> Iterator[Trace]:
+    """Traces saved with `--save`, one JSON document per line."""
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file (give a JSONL file written by `splitreason run --save`)")
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield Trace.from_dict(json.loads(line))
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"{path}: line {number}: not a splitreason trace ({exc})") from None
+
+
+def final_answer(text: str) -> str | None:
+    """Content of the last \\boxed{...} after </think> (or anywhere when there is no </think>)."""
+    tail = text.rsplit("</think>", 1)[-1]
+    start = tail.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, begin = 0, start + len("\\boxed{")
+    for index in range(begin, len(tail)):
+        char = tail[index]
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            if depth == 0:
+                return tail[begin:index]
+            depth -= 1
+    return None
+
+
+def strip_tags(text: str, open_tag: str, close_tag: str) -> str:
+    """The text as the big model sees it: no tags."""
+    return re.sub(f"{re.escape(open_tag)}|{re.escape(close_tag)}", "", text)
