@@ -1,0 +1,179 @@
+"""serve, ps, stop, logs, kill-gpus: the lifecycle of our vLLM servers."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from splitcli import console, gpus, servers
+from splitcli.cli.options import JsonOpt, ProfileOpt, SetOpt
+from splitcli.errors import ServerError, UsageError
+from splitcli.profiles import ROLES, load_profile
+
+
+def _uptime(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _raise_on_sigterm(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def serve(
+    profile: ProfileOpt = "demo",
+    only: Annotated[str | None, typer.Option(help="Start only the small or the big server.")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once ready; servers keep running.")] = False,
+    overrides: SetOpt = None,
+) -> None:
+    """Start the profile's vLLM servers and wait until they answer."""
+    prof = load_profile(profile, overrides)
+    if only not in (None, *ROLES):
+        raise UsageError(f"--only {only}: choose small or big")
+    roles = tuple(role for role in ROLES if only in (None, role))
+    if not any(prof.spec(role).launched for role in roles):
+        raise UsageError(f"profile {prof.name} uses external endpoints only; there is nothing to serve")
+    started = time.monotonic()
+    with console.err.status("starting servers") as spinner:
+        result = servers.ensure_servers(prof, roles, on_tick=lambda text: spinner.update(text))
+    for name in result.reused:
+        console.info(f"reusing {name} (already running and healthy)")
+    for record in result.records:
+        console.err.print(f"[green]ready[/green] {record.name}: {record.served_name} at {record.url} (pid {record.pid})")
+    if result.started:
+        console.info(f"ready after {time.monotonic() - started:.1f}s; logs: `splitreason logs NAME`")
+    if detach:
+        return
+    console.err.print("[dim]serving in the foreground; Ctrl-C stops what this command started[/dim]")
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    mine = [record for record in result.records if record.name in result.started]
+    try:
+        while True:
+            for record in mine:
+                if record.leader() is None:
+                    raise ServerError(f"server {record.name} died (see `splitreason logs {record.name}`)")
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        console.err.print("stopping")
+    finally:
+        for record in mine:
+            servers.stop(record, quiet=True)
+
+
+def ps(json_output: JsonOpt = False) -> None:
+    """List our servers: model, port, pid, GPUs, health, uptime, GPU memory."""
+    rows = []
+    for record in servers.all_records():
+        held = gpus.memory_by_pid({p.pid for p in record.processes()}) if record.gpus and gpus.available() else {}
+        rows.append({
+            "name": record.name, "model": record.model, "served_name": record.served_name, "url": record.url,
+            "port": record.port, "pid": record.pid, "gpus": record.gpus, "status": servers.status(record),
+            "uptime_s": round(time.time() - record.started_at, 1), "profile": record.profile,
+            "gpu_memory_mib": {str(gpu): round(mib) for gpu, mib in held.items()}, "log": record.log_path,
+        })
+    if json_output:
+        console.print_json(rows)
+        return
+    if not rows:
+        console.info("no splitreason servers (start them with `splitreason serve --profile demo`)")
+        return
+    table = Table("name", "model", "port", "pid", "GPUs", "status", "uptime", "GPU memory")
+    colors = {"healthy": "green", "starting": "yellow"}
+    for row in rows:
+        color = colors.get(row["status"], "red")
+        memory = ", ".join(f"{gpu}: {mib / 1024:.1f} GiB" for gpu, mib in row["gpu_memory_mib"].items()) or "-"
+        table.add_row(row["name"], row["model"], str(row["port"]), str(row["pid"]),
+                      ",".join(map(str, row["gpus"])) or "cpu", f"[{color}]{row['status']}[/{color}]",
+                      _uptime(row["uptime_s"]), memory)
+    console.out.print(table)
+
+
+def stop(
+    name: Annotated[str | None, typer.Argument(help="Server name (see `splitreason ps`).")] = None,
+    all_servers: Annotated[bool, typer.Option("--all", help="Stop every splitreason server.")] = False,
+) -> None:
+    """Stop servers: process group, engine core and workers, then check that nothing is left."""
+    if (name is None) == (not all_servers):
+        raise UsageError("name one server or pass --all (see `splitreason ps`)")
+    records = servers.all_records() if all_servers else [servers.find_record(name or "")]
+    if not records:
+        console.info("no splitreason servers running")
+    for record in records:
+        result = servers.stop(record)
+        line = f"stopped {record.name} ({result.ended} process{'es' if result.ended != 1 else ''})"
+        if result.gpu_left_mib:
+            line += "; GPU memory still held: " + ", ".join(f"GPU {g}: {m:.0f} MiB" for g, m in result.gpu_left_mib.items())
+        console.err.print(line)
+
+
+def logs(
+    name: Annotated[str, typer.Argument(help="Server name (see `splitreason ps`).")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many last lines to show.")] = 50,
+) -> None:
+    """Show a server's log."""
+    record = servers.find_record(name)
+    path = Path(record.log_path)
+    if not path.is_file():
+        raise ServerError(f"log of {name} is missing ({path})")
+    for line in path.read_text(errors="replace").splitlines()[-lines:]:
+        sys.stdout.write(line + "\n")
+    if follow:
+        try:
+            for line in servers.follow(path):
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+
+
+def _parse_gpus(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--gpus {text}: expected GPU indices like 0,1") from None
+
+
+def kill_gpus(
+    gpu_list: Annotated[str | None, typer.Option("--gpus", help="Only these GPUs, e.g. 0,1 (default: all).")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Also end processes splitreason did not start.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be ended; end nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before ending other processes.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """End what splitreason started (and its orphans); with --all, also others' GPU processes."""
+    from splitcli import cleanup
+
+    plan = cleanup.plan(_parse_gpus(gpu_list), everything)
+    if json_output and dry_run:
+        console.print_json(plan.as_dict())
+        return
+    cleanup.render_plan(plan)
+    if dry_run:
+        return
+    if plan.foreign and not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("--all would end processes splitreason did not start; confirm with --yes")
+        typer.confirm(f"End these {len(plan.foreign)} other process(es)?", abort=True)
+    report = cleanup.execute(plan)
+    if json_output:
+        console.print_json(report)
+    else:
+        cleanup.render_report(report)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(ps)
+    app.command()(stop)
+    app.command()(logs)
+    app.command("kill-gpus")(kill_gpus)
