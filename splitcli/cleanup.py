@@ -70,7 +70,9 @@ def plan(gpu_filter: list[int] | None, include_foreign: bool) -> KillPlan:
     return result
 
 
-def render_plan(kill_plan: KillPlan) -> None:
+def render_plan(kill_plan: KillPlan, include_foreign: bool = False) -> None:
+    if include_foreign and not kill_plan.nvml:
+        console.warn("--all: no NVIDIA driver (NVML unavailable), so no other GPU processes can be seen")
     if not (kill_plan.ours or kill_plan.orphans or kill_plan.foreign):
         console.info("nothing to end: no splitreason servers or orphans")
     for record in kill_plan.ours:

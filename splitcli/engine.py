@@ -27,6 +27,7 @@ class Completion:
     stop_reason: str | int | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    logprobs: list[float] = field(default_factory=list)  # of each generated token, when asked for
     # Text of each streamed delta with its token count, to cut a completion at a token boundary.
     pieces: list[tuple[str, int]] = field(default_factory=list)
 
@@ -76,10 +77,11 @@ class EngineClient:
         return response.json(), call
 
     # -- tokenizer endpoints (they apply the model's own chat template)
-    async def tokenize_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    async def tokenize_chat(self, messages: list[dict[str, str]]) -> tuple[list[int], int]:
+        """Token ids of the model's own chat template applied to `messages`, and its context length."""
         body = {"model": self.model_name, "messages": messages, "add_generation_prompt": True}
         data, _ = await self._post("/tokenize", body, "tokenize")
-        return list(data["tokens"])
+        return list(data["tokens"]), int(data.get("max_model_len") or 0)
 
     async def tokenize(self, text: str) -> list[int]:
         body = {"model": self.model_name, "prompt": text, "add_special_tokens": False}
@@ -92,7 +94,7 @@ class EngineClient:
 
     # -- completions
     def _body(self, prompt: Prompt | list[Prompt], max_tokens: int, temperature: float, top_p: float,
-              seed: int | None, stop: list[str] | None, stream: bool) -> dict[str, Any]:
+              seed: int | None, stop: list[str] | None, stream: bool, logprobs: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model_name, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
             "top_p": top_p, "return_token_ids": True, "skip_special_tokens": self.skip_special_tokens,
@@ -102,15 +104,18 @@ class EngineClient:
             body["stop"] = stop
         if seed is not None:
             body["seed"] = seed
+        if logprobs is not None:
+            body["logprobs"] = logprobs
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         return body
 
     async def complete(self, prompts: list[Prompt], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                       seed: int | None = None, stop: list[str] | None = None, kind: str = "generate") -> list[Completion]:
+                       seed: int | None = None, stop: list[str] | None = None, kind: str = "generate",
+                       logprobs: int | None = None) -> list[Completion]:
         """n prompts in one request; one Completion per prompt, in order."""
-        body = self._body(prompts, max_tokens, temperature, top_p, seed, stop, stream=False)
+        body = self._body(prompts, max_tokens, temperature, top_p, seed, stop, stream=False, logprobs=logprobs)
         data, call = await self._post("/v1/completions", body, kind)
         usage = data.get("usage") or {}
         call.prompts = len(prompts)
@@ -125,6 +130,7 @@ class EngineClient:
             result.finish_reason = choice.get("finish_reason")
             result.stop_reason = choice.get("stop_reason")
             result.pieces = [(result.text, len(result.token_ids))]
+            result.logprobs = list((choice.get("logprobs") or {}).get("token_logprobs") or [])
         if len(results) == 1:
             results[0].prompt_tokens, results[0].cached_tokens = call.prompt_tokens, call.cached_tokens
         return results

@@ -44,28 +44,26 @@ def footer(trace: Trace) -> Text:
     )
 
 
-def summary_table(trace: Trace) -> Table:
+def summary_table(trace: Trace) -> Group:
+    """Per-model tokens, time and speed, then the handoff figures and the answer."""
     stats = trace.stats()
-    table = Table(title="summary", title_justify="left")
+    models = Table(title="summary", title_justify="left")
     for column in ("model", "tokens", "time (s)", "tokens/s"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        models.add_column(column, justify="left" if column == "model" else "right")
     for role in ("small", "big"):
-        if role not in trace.models:
-            continue
-        rate = stats["tokens_per_second"][role]
-        table.add_row(Text(f"{role}: {trace.models[role]}", STYLES[role]), str(stats["tokens"][role]),
-                      f"{stats['seconds'][role]:.2f}", f"{rate:.1f}" if rate else "-")
-    costs = stats["handoff_costs"]
-    uncached = sum(cost["uncached_prompt_tokens"] for cost in costs)
+        if role in trace.models:
+            rate = stats["tokens_per_second"][role]
+            models.add_row(Text(f"{role}: {trace.models[role]}", STYLES[role]), str(stats["tokens"][role]),
+                           f"{stats['seconds'][role]:.2f}", f"{rate:.1f}" if rate else "-")
     latency = stats["mean_handoff_latency_s"]
-    table.add_section()
-    table.add_row("offload share", f"{stats['offload_share']:.1%}", "", "")
-    table.add_row("handoffs", str(stats["handoffs"]), f"{latency:.3f}" if latency is not None else "-",
-                  "mean latency to first token")
-    table.add_row("handoff prompt tokens not cached", str(uncached), "", "")
-    table.add_row("wall time / HTTP time", "", f"{stats['wall_seconds']:.2f}", f"{stats['http_seconds']:.2f}")
-    table.add_row(Text("answer", "bold"), Text(stats["answer"] or "(none)", "bold green"), "", "")
-    return table
+    facts = Table.grid(padding=(0, 2))
+    facts.add_row("offload share", f"{stats['offload_share']:.1%} of generated tokens")
+    mean = f", {latency * 1000:.0f} ms to first token on average" if latency else ""
+    facts.add_row("handoffs", f"{stats['handoffs']}{mean}")
+    facts.add_row("handoff prompt tokens not cached", str(sum(c["uncached_prompt_tokens"] for c in stats["handoff_costs"])))
+    facts.add_row("wall time", f"{stats['wall_seconds']:.2f} s ({stats['http_seconds']:.2f} s in {stats['requests']} requests)")
+    facts.add_row(Text("answer", "bold"), Text(stats["answer"] or "(no boxed answer)", "bold green"))
+    return Group(models, facts)
 
 
 def show(trace: Trace, console: Console) -> None:

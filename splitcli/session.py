@@ -58,6 +58,13 @@ class Session:
     async def prepare(self, with_hint: bool) -> None:
         """Build each model's prompt and find out whether handoffs can pass token ids."""
         await asyncio.gather(*(self._prepare_prompt(role, with_hint and role == "small") for role in self.roles))
+        for role in self.roles:
+            context = self.contexts[role]
+            if context.max_model_len and context.prompt_tokens >= context.max_model_len:
+                raise UsageError(
+                    f"the question makes a {context.prompt_tokens}-token prompt, over the {role} model's context of "
+                    f"{context.max_model_len} tokens (shorten it, or raise {role}.max_model_len)"
+                )
         if len(self.roles) == 2:
             small_ids, big_ids = await asyncio.gather(
                 self.clients["small"].tokenize(TOKENIZER_PROBE), self.clients["big"].tokenize(TOKENIZER_PROBE))
@@ -75,19 +82,12 @@ class Session:
     async def _prepare_prompt(self, role: Model, with_hint: bool) -> None:
         client = self.clients[role]
         messages = [{"role": "user", "content": self.tags.user_message(self.trace.question, with_hint)}]
-        body = {"model": client.model_name, "messages": messages, "add_generation_prompt": True}
-        data, _ = await client._post("/tokenize", body, "tokenize")
-        ids, max_len = list(data["tokens"]), int(data.get("max_model_len") or 0)
+        ids, max_len = await client.tokenize_chat(messages)
         text = await client.detokenize(ids)
         prefix = self.tags.assistant_prefix
         if prefix and not text.endswith(prefix):
             ids += await client.tokenize(prefix)
             text += prefix
-        if max_len and len(ids) >= max_len:
-            raise UsageError(
-                f"the question makes a {len(ids)}-token prompt, over the {role} model's context of {max_len} tokens "
-                f"(shorten it, or raise {role}.max_model_len)"
-            )
         self.contexts[role] = Context(ids=ids, text=text, prompt_tokens=len(ids), max_model_len=max_len)
 
     # ------------------------------------------------------------ budget

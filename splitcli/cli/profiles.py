@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,7 @@ from splitcli.profiles import _load_raw, available_profiles, find_profile, load_
 profiles_app = typer.Typer(help="List, show and validate profiles.", no_args_is_help=True)
 demo_app = typer.Typer(help="The tiny built-in demonstration models.", no_args_is_help=True)
 
+SECRET = re.compile("TOKEN|KEY|SECRET|PASSWORD", re.IGNORECASE)
 TINY_NOTE = "These are tiny demonstration models: they only know the built-in questions."
 
 
@@ -34,12 +36,18 @@ def list_profiles(json_output: JsonOpt = False) -> None:
     if json_output:
         console.print_json(rows)
         return
-    table = Table("name", "mode", "small", "big", "description")
+    table = Table()
+    table.add_column("name", no_wrap=True, min_width=10)
+    table.add_column("mode", no_wrap=True, min_width=11)
+    for column in ("small", "big"):
+        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=24)
+    table.add_column("description", no_wrap=True, overflow="ellipsis", max_width=36)
     for row in rows:
         if "error" in row:
             table.add_row(row["name"], "[red]invalid[/red]", "", "", row["error"])
-        else:
-            table.add_row(row["name"], row["mode"], row["small"], row["big"], row["description"])
+        else:  # model ids shortened to their last part; --json has them whole
+            short = [row[role].rsplit("/", 1)[-1] for role in ("small", "big")]
+            table.add_row(row["name"], row["mode"], *short, row["description"])
     console.out.print(table)
 
 
@@ -48,6 +56,8 @@ def show_profile(name: str, overrides: SetOpt = None, json_output: JsonOpt = Fal
     """The fully resolved profile (extends and --set applied, defaults filled in)."""
     prof = load_profile(name, overrides)
     data = prof.model_dump(mode="json")
+    for role in ("small", "big"):  # secrets in a server's environment are never printed
+        data[role]["env"] = {key: ("***" if SECRET.search(key) else value) for key, value in data[role]["env"].items()}
     if json_output:
         console.print_json(data)
     else:

@@ -8,13 +8,13 @@ from typing import Annotated
 
 import typer
 
-from splitcli import console, render, servers
+from splitcli import console, demo, render, servers
 from splitcli.cli.options import JsonOpt, ModeOpt, ProfileOpt, SetOpt
 from splitcli.errors import EngineError, UsageError
 from splitcli.modes import get_mode
-from splitcli.profiles import load_profile
+from splitcli.profiles import Profile, load_profile
 from splitcli.session import run_question
-from splitcli.trace import Trace, load_jsonl
+from splitcli.trace import Model, Trace, load_jsonl
 
 EMPTY_QUESTION = 'the question is empty (pass its text, e.g. splitreason run "What is 2 + 2?")'
 
@@ -35,6 +35,8 @@ def run(
     prof = load_profile(profile, overrides)
     mode_name = mode or prof.mode
     roles = get_mode(mode_name).roles
+    if any(prof.spec(role).model.startswith(demo.DEMO_PREFIX) for role in roles):
+        console.info("demo profile: tiny demonstration models that know only `splitreason demo questions`")
     started = _ensure_servers(prof, roles)
     live = not (json_output or no_stream or console.plain_output())
     plain = None if (json_output or no_stream or live) else render.PlainStream()
@@ -58,7 +60,7 @@ def run(
         raise EngineError(trace.error + kept)
 
 
-def _ensure_servers(prof, roles) -> list[servers.ServerRecord]:  # type: ignore[no-untyped-def]
+def _ensure_servers(prof: Profile, roles: tuple[Model, ...]) -> list[servers.ServerRecord]:
     """Start the servers the mode needs unless they already run; returns those started here."""
     missing = []
     for role in roles:
@@ -74,7 +76,7 @@ def _ensure_servers(prof, roles) -> list[servers.ServerRecord]:  # type: ignore[
     return [record for record in result.records if record.name in result.started]
 
 
-def _run_live(view: render.LiveView, prof, question: str, mode_name: str) -> Trace:  # type: ignore[no-untyped-def]
+def _run_live(view: render.LiveView, prof: Profile, question: str, mode_name: str) -> Trace:
     with view:
         return asyncio.run(run_question(prof, question, mode_name, stream=True, watch=view.attach))
 

@@ -157,7 +157,7 @@ def kill_gpus(
     if json_output and dry_run:
         console.print_json(plan.as_dict())
         return
-    cleanup.render_plan(plan)
+    cleanup.render_plan(plan, everything)
     if dry_run:
         return
     if plan.foreign and not yes:
