@@ -330,12 +330,23 @@ class ServeResult:
     started: list[str]
 
 
+def must_wait_before(profile: Profile, role: Role, starting: list[ServerRecord]) -> bool:
+    """True when `role` shares a GPU with a server still starting: vLLM sizes its KV cache from the
+    memory it sees free while profiling, so two servers profiling one GPU at once starve each other
+    (seen on an H100: "No available memory for the cache blocks")."""
+    gpus_needed = set(profile.spec(role).gpus)
+    return any(gpus_needed & set(record.gpus) for record in starting)
+
+
 def ensure_servers(profile: Profile, roles: tuple[Role, ...] = ROLES,
                    on_tick: Callable[[str], None] | None = None) -> ServeResult:
-    """Start the profile's servers that are not already running healthy; reuse those that are."""
+    """Start the profile's servers that are not already running healthy; reuse those that are.
+    Servers on separate GPUs start together; servers sharing a GPU start one after the other."""
     records: list[ServerRecord] = []
     reused: list[str] = []
     launched: list[ServerRecord] = []
+    starting: list[ServerRecord] = []
+    timeout = max((profile.spec(role).startup_timeout for role in roles), default=0.0)
     try:
         for role in roles:
             spec = profile.spec(role)
@@ -352,17 +363,21 @@ def ensure_servers(profile: Profile, roles: tuple[Role, ...] = ROLES,
                         )
                     records.append(existing)
                     reused.append(name)
+                    starting.append(existing)  # it may still be starting itself
                     continue
                 stop(existing, quiet=True)  # dead leader: clean up its orphans and its record
+            if must_wait_before(profile, role, starting):
+                wait_ready(starting, timeout, on_tick)
+                starting = []
             record = launch(profile, role)
             launched.append(record)
             records.append(record)
+            starting.append(record)
+        wait_ready(starting, timeout, on_tick)
     except BaseException:
         for record in launched:
             stop(record, quiet=True)
         raise
-    timeout = max((profile.spec(role).startup_timeout for role in roles), default=0.0)
-    wait_ready(records, timeout, on_tick)
     return ServeResult(records, reused, [record.name for record in launched])
 
 

@@ -106,16 +106,24 @@ class Session:
     # ------------------------------------------------------------ contexts and handoff
     def _for_big(self, ids: list[int], text: str) -> tuple[list[int] | None, str]:
         """A small-model piece as the big model sees it: tags removed (ids only if exactly removable)."""
-        clean_text = strip_tags(text, self.tags.open_tag, self.tags.close_tag)
+        open_tag, close_tag = self.tags.open_tag, self.tags.close_tag
+        clean_text = strip_tags(text, open_tag, close_tag)
         if not self.shared_tokenizer:
             return None, clean_text
-        clean_ids = list(ids)
-        if text.startswith(self.tags.close_tag) and clean_ids[: len(self.close_ids)] == self.close_ids:
-            clean_ids = clean_ids[len(self.close_ids):]
-        if text.endswith(self.tags.open_tag) and clean_ids[-len(self.open_ids):] == self.open_ids:
-            clean_ids = clean_ids[: -len(self.open_ids)]
-        stripped_all = clean_text == text or len(clean_ids) < len(ids)
-        return (clean_ids if stripped_all and self.tags.open_tag not in clean_text else None), clean_text
+        # Tags sit at a piece's ends (the small model stops on the opening tag; we put the closing
+        # one first): their ids come off exactly unless BPE merged them with a neighbour.
+        clean_ids, rest = list(ids), text
+        if rest.startswith(close_tag):
+            if clean_ids[: len(self.close_ids)] != self.close_ids:
+                return None, clean_text
+            clean_ids, rest = clean_ids[len(self.close_ids):], rest[len(close_tag):]
+        if rest.endswith(open_tag):
+            if clean_ids[-len(self.open_ids):] != self.open_ids:
+                return None, clean_text
+            clean_ids, rest = clean_ids[: -len(self.open_ids)], rest[: -len(open_tag)]
+        if open_tag in rest or close_tag in rest:
+            return None, clean_text
+        return clean_ids, clean_text
 
     def commit(self, role: Model, ids: list[int], text: str) -> None:
         """Add text a model wrote to its own context and queue it for the other model's."""

@@ -111,3 +111,16 @@ def test_only_takes_small_or_big() -> None:
     result = cli("serve", "--only", "medium")
     assert result.code == 2
     assert result.err.strip() == "error: --only medium: choose small or big"
+
+
+def test_servers_sharing_a_gpu_start_one_after_the_other() -> None:
+    profile = load_profile("single-gpu")
+    done = subprocess.Popen(["true"])
+    done.wait()
+    small = _record_for(done, 0.0, name="single-gpu-small")
+    small.gpus = [0]
+    assert servers.must_wait_before(profile, "big", [small])
+    split = load_profile("paper-32b")  # big on GPUs 0,1 and small on GPU 2: no need to wait
+    small.gpus = [2]
+    assert not servers.must_wait_before(split, "big", [small])
+    assert not servers.must_wait_before(profile, "big", [])
