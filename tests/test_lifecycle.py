@@ -117,3 +117,20 @@ def test_kill_gpus_after_sigkilled_foreground_serve_leaves_nothing_and_spares_ot
         stranger.wait()
         if serve.poll() is None:
             serve.kill()
+
+
+def test_ctrl_c_on_a_foreground_serve_stops_what_it_started() -> None:
+    serve = subprocess.Popen([sys.executable, "-m", "splitcli", "serve", "--only", "small"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_healthy("demo-small")
+        assert _ours()
+        serve.send_signal(signal.SIGINT)
+        _, err = serve.communicate(timeout=120)
+        assert serve.returncode == 0
+        assert "stopping" in err
+        assert _ours() == []
+        assert cli("ps", "--json").json() == []
+    finally:
+        if serve.poll() is None:
+            serve.kill()

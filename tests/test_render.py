@@ -1,0 +1,51 @@
+"""Terminal rendering of a trace: distinct colours with a legend, dim tags, plain text markers."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from splitcli import render
+from splitcli.trace import Segment, Trace
+
+
+def _trace() -> Trace:
+    trace = Trace(question="q", mode="splitreason", models={"small": "tiny-s", "big": "tiny-b"})
+    trace.segments = [Segment("small", "a <bigmodel>", [1, 2]), Segment("big", "hard", [3]),
+                      Segment("small", "</bigmodel>so \\boxed{4}", [4, 5])]
+    trace.wall_seconds = 1.0
+    return trace
+
+
+def test_colour_view_has_legend_distinct_colours_and_dim_tags() -> None:
+    console = Console(file=io.StringIO(), force_terminal=True, color_system="standard", width=100)
+    render.show(_trace(), console)
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "small: tiny-s" in output and "big: tiny-b" in output
+    assert "\x1b[1;36ma " in output  # small text: bold cyan
+    assert "\x1b[1;35mhard" in output  # big text: bold magenta
+    assert "\x1b[2;1;36m<bigmodel>" in output or "\x1b[1;2;36m<bigmodel>" in output  # tags dimmed
+    assert "answer" in output and "4" in output
+
+
+def test_plain_text_marks_big_segments() -> None:
+    assert render.plain_text(_trace()) == "a <bigmodel>[big]hard[/big]</bigmodel>so \\boxed{4}"
+
+
+def test_plain_stream_prints_small_text_at_once_and_big_text_when_final() -> None:
+    out = io.StringIO()
+    stream = render.PlainStream(out)
+    small = Segment("small")
+    stream("open", small)
+    small.text = "a <bigmodel>"
+    stream("update", small)
+    assert out.getvalue() == "a <bigmodel>"
+    big = Segment("big")
+    stream("open", big)
+    big.text = "hard and more"
+    stream("update", big)
+    assert out.getvalue() == "a <bigmodel>"  # a probe may still cut it
+    big.text = "hard"
+    stream("open", Segment("small"))
+    assert out.getvalue() == "a <bigmodel>[big]hard[/big]"
