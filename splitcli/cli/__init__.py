@@ -51,26 +51,9 @@ def main() -> None:
 
     load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)
     try:
-        code = app(standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        app()  # standalone: click itself reports usage errors (exit 2) and Ctrl-C
     except SplitError as exc:
         if os.environ.get("SPLITREASON_DEBUG"):
             raise
         console.error(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.err.print("interrupted")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        console.err.print("aborted")
-        sys.exit(1)
-    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
