@@ -26,10 +26,21 @@ def legend(trace: Trace) -> Text:
     )
 
 
-def trace_text(trace: Trace, open_tag: str = "<bigmodel>", close_tag: str = "</bigmodel>") -> Text:
+def trace_text(trace: Trace, open_tag: str = "<bigmodel>", close_tag: str = "</bigmodel>",
+               tail_chars: int | None = None) -> Text:
+    """The trace coloured by model; with `tail_chars`, only about that many last characters."""
+    pieces: list[tuple[str, str]] = []
+    budget = tail_chars if tail_chars is not None else -1
+    for segment in reversed(trace.segments):
+        text_part = segment.text if budget < 0 else segment.text[-budget:]
+        pieces.append((text_part, STYLES[segment.model]))
+        if budget >= 0:
+            budget -= len(text_part)
+            if budget <= 0:
+                break
     text = Text()
-    for segment in trace.segments:
-        text.append(segment.text, style=STYLES[segment.model])
+    for text_part, style in reversed(pieces):
+        text.append(text_part, style=style)
     text.highlight_regex(f"{re.escape(open_tag)}|{re.escape(close_tag)}", TAG_STYLE)
     return text
 
@@ -134,7 +145,8 @@ class LiveView:
     def _renderable(self) -> Group | Text:
         if self.trace is None:
             return Text("preparing prompts", style="dim")
-        body = trace_text(self.trace)
+        # Only the tail is wrapped at each refresh: a 16k-token trace must not slow the run down.
+        body = trace_text(self.trace, tail_chars=self.console.width * self.console.height * 2)
         lines = body.wrap(self.console, self.console.width)
         room = max(3, self.console.height - 3)
         tail = Text("\n").join(lines[-room:]) if len(lines) > room else body

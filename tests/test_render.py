@@ -49,3 +49,17 @@ def test_plain_stream_prints_small_text_at_once_and_big_text_when_final() -> Non
     big.text = "hard"
     stream("open", Segment("small"))
     assert out.getvalue() == "a <bigmodel>[big]hard[/big]"
+
+
+def test_live_view_shows_legend_the_tail_and_a_footer() -> None:
+    console = Console(file=io.StringIO(), force_terminal=True, width=40, height=8)
+    view = render.LiveView(console)
+    trace = Trace(question="q", mode="splitreason", models={"small": "s", "big": "b"})
+    trace.segments = [Segment("small", "first line of many. " * 50 + "LAST WORDS", [1] * 30), Segment("big", "", [])]
+    view.attach(trace)
+    console.print(view._renderable())
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "small: s" in output
+    assert "LAST WORDS" in output
+    assert "small 30 tok" in output and "offload 0.0%" in output
+    assert output.count("\n") <= 8  # fits the screen: only the tail is shown
