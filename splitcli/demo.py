@@ -221,7 +221,3 @@ def build(target: Path | None = None) -> Path:
 
 def questions() -> list[dict[str, str]]:
     return [{"question": item.question, "answer": item.answer} for item in QUESTIONS]
-
-
-def find_question(text: str) -> DemoQuestion | None:
-    return next((item for item in QUESTIONS if item.question == text.strip()), None)
