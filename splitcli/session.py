@@ -286,6 +286,7 @@ async def run_question(profile: Profile, question: str, mode_name: str, stream: 
     if watch is not None:
         watch(trace)  # renderers subscribe before anything is generated
     session = Session(profile, trace, mode_class.roles, stream)
+    trace.start_clock()
     try:
         await session.prepare(mode_class.uses_hint)
         await mode_class(options).run(session, trace)

@@ -79,6 +79,11 @@ class Trace:
         self._listeners: list[Callable[[str, Segment], None]] = []
 
     # -- building
+    def start_clock(self) -> None:
+        """Times count from here: the first request, not the setting up of HTTP clients."""
+        self._t0 = time.perf_counter()
+        self.started_at = time.time()
+
     def now(self) -> float:
         return time.perf_counter() - self._t0
 
@@ -134,6 +139,7 @@ class Trace:
             for prev, seg in handoffs
         ]
         http = sum(c.seconds for c in self.calls)
+        busy = _union_seconds([(c.start, c.end) for c in self.calls])
         wall = self.wall_seconds if self.wall_seconds is not None else self.now()
         latencies = [c["latency_s"] for c in costs if c["latency_s"] is not None]
         return {
@@ -145,6 +151,7 @@ class Trace:
             "tokens_per_second": {m: round(tokens[m] / gen_seconds[m], 1) if gen_seconds[m] else None for m in MODELS},
             "wall_seconds": round(wall, 4),
             "http_seconds": round(http, 4),
+            "http_busy_seconds": round(busy, 4),  # overlapping requests counted once
             "requests": len(self.calls),
             "handoff_costs": costs,
             "mean_handoff_latency_s": round(sum(latencies) / len(latencies), 4) if latencies else None,
@@ -185,6 +192,15 @@ def load_jsonl(path: Path) -> Iterator[Trace]:
             yield Trace.from_dict(json.loads(line))
         except (ValueError, TypeError) as exc:
             raise UsageError(f"{path}: line {number}: not a splitreason trace ({exc})") from None
+
+
+def _union_seconds(intervals: list[tuple[float, float]]) -> float:
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def final_answer(text: str) -> str | None:

@@ -18,7 +18,7 @@ def _trace() -> Trace:
         Segment("small", "</bigmodel> so \\boxed{\\frac{1}{2}}", [6, 7, 8, 9, 10], start=2.0, end=3.0,
                 first_token=2.5, prompt_tokens=15, cached_tokens=12),
     ]
-    trace.calls = [Call("small", "generate", 0.0, 1.0), Call("big", "generate", 1.0, 2.0),
+    trace.calls = [Call("small", "tokenize", 0.0, 0.5), Call("small", "generate", 0.0, 1.0), Call("big", "generate", 1.0, 2.0),
                    Call("small", "probe", 2.0, 2.2), Call("small", "generate", 2.2, 3.0)]
     trace.wall_seconds = 3.1
     return trace
@@ -29,13 +29,14 @@ def test_stats_count_tokens_offload_handoffs_and_costs() -> None:
     assert stats["tokens"] == {"small": 8, "big": 2}
     assert stats["offload_share"] == 0.2
     assert stats["handoffs"] == 2
-    assert stats["seconds"] == {"small": 2.0, "big": 1.0}
+    assert stats["seconds"] == {"small": 2.5, "big": 1.0}
     assert stats["handoff_costs"] == [
         {"to": "big", "latency_s": 0.25, "prompt_tokens": 8, "uncached_prompt_tokens": 2},
         {"to": "small", "latency_s": 0.5, "prompt_tokens": 15, "uncached_prompt_tokens": 3},
     ]
     assert stats["answer"] == "\\frac{1}{2}"
-    assert stats["http_seconds"] == 3.0 and stats["wall_seconds"] == 3.1
+    assert stats["http_seconds"] == 3.5 and stats["wall_seconds"] == 3.1
+    assert stats["http_busy_seconds"] == 3.0
 
 
 @pytest.mark.parametrize(("text", "answer"), [
