@@ -195,6 +195,9 @@ def build(target: Path | None = None) -> Path:
     for item in QUESTIONS:
         corpus += [item.tagged(prompt), item.untagged(), prompt.user_message(item.question, True)]
     staging = Path(tempfile.mkdtemp(prefix="demo-", dir=target.parent if target.parent.exists() else None))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own status line says what is happening
     trained = _train_tokenizer(corpus)
     trained.save_pretrained(staging / "tokenizer")
     _model_config(trained, "small").save_pretrained(staging / "tokenizer")

@@ -46,15 +46,15 @@ def run(
         else:
             watch = (lambda trace: trace.subscribe(plain)) if plain else None
             trace = asyncio.run(run_question(prof, question, mode_name, stream=not no_stream, watch=watch))
+        if save is not None:
+            trace.append_jsonl(save)
+            console.info(f"trace appended to {save}")
+        _present(trace, json_output, plain)
     finally:
         if started and not keep:
             for record in started:
                 servers.stop(record, quiet=True)
             console.info(f"stopped {', '.join(r.name for r in started)} (use --keep to leave them running)")
-    if save is not None:
-        trace.append_jsonl(save)
-        console.info(f"trace appended to {save}")
-    _present(trace, json_output, plain)
     if trace.error:
         kept = f"; the partial trace was saved to {save}" if save else "; --save FILE keeps the partial trace"
         raise EngineError(trace.error + kept)
