@@ -22,9 +22,10 @@ class RandomSwitch(Mode):
     name = "random-switch"
     summary = "random model per chunk, big with probability 1/(ratio+1) (the paper's baseline)"
     Options = RandomSwitchOptions
+    options: RandomSwitchOptions
 
     async def run(self, session: Session, trace: Trace) -> None:
-        options: RandomSwitchOptions = self.options  # type: ignore[assignment]
+        options = self.options
         seed = options.seed if options.seed is not None else (session.sampling.seed or 0)
         choices = random.Random(seed)
         while session.room() > 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from splitcli.engine import Completion
 from splitcli.modes import Mode, ModeOptions, register
 from splitcli.session import Session
 from splitcli.trace import Segment, Trace
@@ -27,6 +28,7 @@ class SplitReason(Mode):
     summary = "small model writes, big model takes the parts it marks with <bigmodel> (the paper)"
     Options = SplitReasonOptions
     uses_hint = True
+    options: SplitReasonOptions
 
     async def run(self, session: Session, trace: Trace) -> None:
         while session.room() > 0:
@@ -38,15 +40,14 @@ class SplitReason(Mode):
 
     async def _big_segment(self, session: Session) -> bool:
         """Let the big model write until the small model would close the tag; True when the text ended."""
-        options: SplitReasonOptions = self.options  # type: ignore[assignment]
         segment = await session.open("big")
         written = 0
         while True:
-            size = min(options.chunk, options.big_segment_cap - written, session.room())
+            size = min(self.options.chunk, self.options.big_segment_cap - written, session.room())
             if size <= 0:
                 break
             draft = await session.draft("big", segment, size)
-            cut = await self._first_close(session, draft.token_ids, draft)
+            cut = await self._first_close(session, draft)
             kept = len(draft.token_ids) if cut is None else cut[0]
             await session.keep("big", segment, draft, kept)
             written += kept
@@ -67,21 +68,21 @@ class SplitReason(Mode):
         session.queue_prefix("small", session.close_ids, session.tags.close_tag, lead)
         return False
 
-    async def _first_close(self, session: Session, chunk_ids: list[int], draft: object) -> tuple[int, str] | None:
+    async def _first_close(self, session: Session, draft: Completion) -> tuple[int, str] | None:
         """Smallest i such that after chunk[:i] the small model writes the closing tag, with any
         whitespace it writes first; a probe that starts with the tag itself wins over one that
         needs whitespace the big model did not write."""
+        chunk_ids = draft.token_ids
         if not chunk_ids:
             return None
-        options: SplitReasonOptions = self.options  # type: ignore[assignment]
         base = await session.context("small")
         if session.shared_tokenizer:
             prompts: list[list[int] | str] = [base + chunk_ids[:i] for i in range(1, len(chunk_ids) + 1)]
         else:
-            texts = await session.prefix_texts("big", draft)  # type: ignore[arg-type]
+            texts = await session.prefix_texts("big", draft)
             base_text = session.contexts["small"].text
             prompts = [base_text + text for text in texts]
-        probes = await session.probe("small", prompts, options.probe_tokens)
+        probes = await session.probe("small", prompts, self.options.probe_tokens)
         marker = session.tags.close_tag[:5]  # "</big": the small model starts closing
         lenient = None
         for index, probe in enumerate(probes, start=1):
