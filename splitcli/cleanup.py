@@ -1,7 +1,8 @@
 """kill-gpus: end what splitreason started (and its orphans), and on request other GPU processes.
 
-Unlike `fuser -k -9 /dev/nvidia*`, nothing is ended that was not asked for: by default only processes
-carrying our launch marker; with --all also what NVML shows on the chosen GPUs, listed first.
+Unlike `fuser -k -9 /dev/nvidia*`, nothing is ended that was not asked for: by default only the
+servers recorded in this state dir and processes whose launch marker names this state dir (orphans of
+our servers); with --all also what NVML shows on the chosen GPUs, listed first.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Any
 
 import psutil
 from rich.table import Table
+from rich.text import Text
 
 from splitcli import console, gpus, servers
+from splitcli.errors import UsageError
 
 
 @dataclass
@@ -48,19 +51,27 @@ def _visible_gpus(proc: psutil.Process) -> set[int]:
     return {int(part) for part in value.split(",") if part.strip().isdigit()}
 
 
+def _check_gpus(gpu_filter: list[int]) -> None:
+    """Refuse GPU indices this machine does not have, before anything is ended."""
+    count = gpus.gpu_count()
+    missing = [index for index in gpu_filter if index >= count]
+    if missing:
+        have = f"GPUs 0-{count - 1}" if count > 1 else ("GPU 0" if count == 1 else "no GPUs")
+        raise UsageError(f"--gpus {','.join(map(str, gpu_filter))}: this machine has {have} "
+                         f"(no GPU {', '.join(map(str, missing))}; see nvidia-smi)")
+
+
 def plan(gpu_filter: list[int] | None, include_foreign: bool) -> KillPlan:
     """Work out what kill-gpus would end."""
     result = KillPlan(gpu_filter, nvml=gpus.available())
+    if gpu_filter is not None and result.nvml:
+        _check_gpus(gpu_filter)
     wanted = set(gpu_filter) if gpu_filter is not None else None
     records = servers.all_records()
     result.ours = [r for r in records if wanted is None or wanted & set(r.gpus)]
     known_markers = {r.marker for r in records}
-    for proc in servers.marked_processes():
-        try:
-            marker = proc.environ().get(servers.MARKER_ENV)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if marker not in known_markers and (wanted is None or wanted & _visible_gpus(proc)):
+    for proc in servers.marked_processes():  # launched from this state dir only
+        if servers.marker_of(proc) not in known_markers and (wanted is None or wanted & _visible_gpus(proc)):
             result.orphans.append(proc)
     if include_foreign and result.nvml:
         ours_pids = {os.getpid()} | {p.pid for p in result.orphans}
@@ -76,14 +87,18 @@ def render_plan(kill_plan: KillPlan, include_foreign: bool = False) -> None:
     if not (kill_plan.ours or kill_plan.orphans or kill_plan.foreign):
         console.info("nothing to end: no splitreason servers or orphans")
     for record in kill_plan.ours:
-        console.err.print(f"splitreason server {record.name} (pid {record.pid}, GPUs {record.gpus or 'cpu'})")
+        console.say(f"splitreason server {record.name} (pid {record.pid}, GPUs {record.gpus or 'cpu'})")
     for proc in kill_plan.orphans:
-        console.err.print(f"orphan of a splitreason server: pid {proc.pid} ({_command(proc)})")
+        console.say(f"orphan of a splitreason server: pid {proc.pid} ({_command(proc)})")
     if kill_plan.foreign:
         table = Table("GPU", "pid", "user", "command", "GPU memory", title="processes splitreason did not start")
         for p in kill_plan.foreign:
-            table.add_row(str(p.gpu), str(p.pid), p.user, p.command[:60], f"{p.used_mib / 1024:.1f} GiB")
+            table.add_row(str(p.gpu), str(p.pid), Text(p.user), Text(p.command[:60]), f"{p.used_mib / 1024:.1f} GiB")
         console.err.print(table)
+
+
+def empty_report(gpu_check: str) -> dict[str, Any]:
+    return {"ended": [], "survived": [], "gpus": None, "gpu_check": gpu_check}
 
 
 def execute(kill_plan: KillPlan) -> dict[str, Any]:
@@ -99,36 +114,34 @@ def execute(kill_plan: KillPlan) -> dict[str, Any]:
     survivors += [p.pid for p in left]
     foreign_procs = []
     for entry in kill_plan.foreign:
-        try:
-            foreign_procs.append(psutil.Process(entry.pid))
-        except psutil.NoSuchProcess:
-            continue
+        # Rebuilt from the pid listed before the confirmation: only if it is still that process.
+        proc = servers.same_process(entry.pid, entry.create_time)
+        if proc is not None:
+            foreign_procs.append(proc)
     survivors += [p.pid for p in servers.terminate(foreign_procs, grace=10.0)]
     ended += [p.pid for p in foreign_procs]
-    report: dict[str, Any] = {"ended": ended, "survived": survivors}
     if not kill_plan.nvml:
-        report["gpu_check"] = "skipped: no NVIDIA driver (NVML unavailable)"
-        return report
+        return {**empty_report("skipped: no NVIDIA driver (NVML unavailable)"), "ended": ended, "survived": survivors}
     gpus.wait_released(set(ended), kill_plan.gpu_filter)
     indices = kill_plan.gpu_filter if kill_plan.gpu_filter is not None else list(range(gpus.gpu_count()))
     remaining = gpus.processes(indices)
-    report["gpus"] = {
-        str(index): {
-            "used_mib": round(gpus.memory_used_mib(index)),
-            "processes": [p.pid for p in remaining if p.gpu == index],
-        }
-        for index in indices
+    return {
+        "ended": ended, "survived": survivors, "gpu_check": "done",
+        "gpus": {
+            str(index): {"used_mib": round(gpus.memory_used_mib(index)),
+                         "processes": [p.pid for p in remaining if p.gpu == index]}
+            for index in indices
+        },
     }
-    return report
 
 
 def render_report(report: dict[str, Any]) -> None:
-    console.err.print(f"ended {len(report['ended'])} process(es)")
+    console.say(f"ended {len(report['ended'])} process(es)")
     if report["survived"]:
         console.warn(f"still alive after SIGKILL: {', '.join(map(str, report['survived']))}")
-    if "gpu_check" in report:
+    if report["gpus"] is None:
         console.info(f"GPU check {report['gpu_check']}")
         return
     for index, state in report["gpus"].items():
         others = f", {len(state['processes'])} process(es) left" if state["processes"] else ""
-        console.err.print(f"GPU {index}: {state['used_mib'] / 1024:.1f} GiB in use{others}")
+        console.say(f"GPU {index}: {state['used_mib'] / 1024:.1f} GiB in use{others}")

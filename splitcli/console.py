@@ -1,4 +1,8 @@
-"""The one place terminal output goes through: messages on stderr, data on stdout."""
+"""The one place terminal output goes through: messages on stderr, data on stdout.
+
+Messages are plain text, never rich markup: paths, names, questions and model text can hold
+brackets, so styled lines are assembled from (text, style) parts with `say`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 # rich honours NO_COLOR itself; both consoles share that behaviour.
 out = Console(soft_wrap=True)
@@ -17,22 +22,34 @@ SMALL_STYLE = "bold cyan"
 BIG_STYLE = "bold magenta"
 TAG_STYLE = "dim"
 
+Part = str | tuple[str, str]
+
+
+def colour_on() -> bool:
+    """True when stdout shows colour: a terminal that is not dumb, and no NO_COLOR."""
+    return out.is_terminal and out.color_system is not None and not os.environ.get("NO_COLOR")
+
 
 def plain_output() -> bool:
-    """True when stdout should get plain text: not a terminal, or NO_COLOR is set."""
-    return bool(os.environ.get("NO_COLOR")) or not out.is_terminal
+    """True when stdout gets plain text (with [big]...[/big] markers): whenever colour is off."""
+    return not colour_on()
+
+
+def say(*parts: Part, stream: Console | None = None) -> None:
+    """One line on stderr (or `stream`) from plain text parts and (text, style) pairs."""
+    (stream or err).print(Text.assemble(*parts), highlight=False)
 
 
 def info(message: str) -> None:
-    err.print(f"[dim]·[/dim] {message}", highlight=False)
+    say(("·", "dim"), " ", message)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    say(("warning:", "yellow"), " ", message)
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True)
+    say(("error:", "bold red"), " ", message)
 
 
 def print_json(data: Any) -> None:

@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from splitcli import paths
-from splitcli.profiles import PromptConfig
+from splitcli.profiles import DEMO_PREFIX, PromptConfig
 
-DEMO_VERSION = 1
-DEMO_PREFIX = "demo:"
+DEMO_VERSION = 2
 SEED = 1234
 
 
@@ -62,7 +61,10 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-SPECIALS = ["<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|system|>"]
+SPECIALS = ["<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+# A second end-of-text id, listed in generation_config.json as real models do (Qwen2.5, Llama 3): vLLM
+# reports it as finish_reason "stop" with the id as stop_reason. The big demo model ends with it.
+SECOND_EOS = "<|end|>"
 
 
 def demo_root() -> Path:
@@ -78,10 +80,10 @@ def resolve_model(model: str) -> str:
     if not model.startswith(DEMO_PREFIX):
         return model
     role = model.removeprefix(DEMO_PREFIX)
-    if role not in SHAPES:
+    if role not in SHAPES:  # profiles refuse unknown demo names; a name may be known but not built by this version
         from splitcli.errors import ProfileError
 
-        raise ProfileError(f"unknown demo model {model!r} (use demo:small or demo:big)")
+        raise ProfileError(f"unknown demo model {model!r} (use one of: {', '.join(DEMO_PREFIX + r for r in SHAPES)})")
     if not is_built():
         from splitcli import console
 
@@ -123,6 +125,11 @@ def _encode_pieces(tokenizer: Any, pieces: list[str]) -> list[int]:
     return ids
 
 
+def end_of_text_id(tokenizer: Any, role: str) -> int:
+    """The id a role ends its text with: the big model uses the second EOS id."""
+    return tokenizer.convert_tokens_to_ids(SECOND_EOS) if role == "big" else tokenizer.eos_token_id
+
+
 def training_examples(tokenizer: Any, role: str, prompt: PromptConfig) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, completion ids) a role memorises: the small model with and without the hint, the big one without."""
     examples = []
@@ -132,7 +139,8 @@ def training_examples(tokenizer: Any, role: str, prompt: PromptConfig) -> list[t
         if role == "small":
             hinted = prompt_text(tokenizer, item.question, prompt, with_hint=True)
             examples.append((_encode_pieces(tokenizer, [hinted]), _encode_pieces(tokenizer, item.pieces(prompt))))
-    return [(prompt_ids, [*completion, tokenizer.eos_token_id]) for prompt_ids, completion in examples]
+    end = end_of_text_id(tokenizer, role)
+    return [(prompt_ids, [*completion, end]) for prompt_ids, completion in examples]
 
 
 def _model_config(tokenizer: Any, role: str) -> Any:
@@ -186,6 +194,13 @@ def _check_memorised(model: Any, examples: list[tuple[list[int], list[int]]], ro
                 raise SplitError(f"demo {role} model did not memorise its traces (report this as a bug)")
 
 
+def _generation_config(tokenizer: Any) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(SECOND_EOS)])
+
+
 def build(target: Path | None = None) -> Path:
     """Train both demo models and their shared tokenizer into `target` (default: the state dir)."""
     target = target or demo_root()
@@ -212,6 +227,7 @@ def build(target: Path | None = None) -> Path:
         _check_memorised(model, examples, role)
         model.save_pretrained(staging / role)
         tokenizer.save_pretrained(staging / role)
+        _generation_config(tokenizer).save_pretrained(staging / role)
     (staging / "demo.json").write_text(json.dumps({
         "version": DEMO_VERSION, "seconds": round(time.monotonic() - started, 1),
         "questions": [asdict(item) for item in QUESTIONS],

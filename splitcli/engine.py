@@ -5,9 +5,12 @@ Requests are spread round-robin over a model's replicas. Every request is record
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import itertools
 import json
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -15,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from splitcli.errors import EngineError
+from splitcli.errors import EngineError, ServerError
 from splitcli.trace import Call, Model
 
 Prompt = list[int] | str
@@ -35,35 +38,105 @@ class Completion:
 
     @property
     def ended_with_eos(self) -> bool:
-        """vLLM reports finish_reason 'stop' with no stop_reason when EOS ended the text."""
-        return self.finish_reason == "stop" and self.stop_reason is None
+        """The model ended its text. vLLM says finish_reason 'stop' with no stop_reason for the
+        tokenizer's EOS, and with the token id as stop_reason for the other EOS ids a model's
+        generation_config lists (Qwen2.5, Qwen3 and Llama 3 have several); we never send stop
+        token ids of our own, so an integer stop_reason is always an end of text."""
+        return self.finish_reason == "stop" and (self.stop_reason is None or isinstance(self.stop_reason, int))
+
+    @property
+    def stopped_on_string(self) -> bool:
+        return self.finish_reason == "stop" and isinstance(self.stop_reason, str)
 
 
 class EngineClient:
-    """One model (small or big) behind one or several vLLM servers."""
+    """One model (small or big) behind one or several vLLM servers.
+
+    One client (and its connection pool) serves a whole command; each Session works on a `bound`
+    twin that shares the pool but records its calls into that session's trace."""
 
     def __init__(self, role: Model, model_name: str, urls: list[str], start_hint: str,
-                 clock: Callable[[], float], record: Callable[[Call], None], timeout: float = 600.0) -> None:
+                 clock: Callable[[], float] = time.perf_counter, record: Callable[[Call], None] | None = None,
+                 timeout: float = 600.0, max_connections: int = 64, other_names: tuple[str, ...] = ()) -> None:
         self.role = role
         self.model_name = model_name
+        # Names the server may serve the model under instead (for servers we did not start: the HF id).
+        self.other_names = other_names
         self.urls = urls
         self.start_hint = start_hint
         self._clock = clock
-        self._record = record
+        self._record = record or (lambda call: None)
         self._next_url = itertools.cycle(urls)
         self.skip_special_tokens = True
+        self._owner = True
+        self._info: dict[str, Any] = {}  # shared with twins: asked once per command
+        self._info_lock = asyncio.Lock()
         # Building an SSL context costs ~45 ms: only https endpoints get one, and they share it.
         verify: ssl.SSLContext | bool = _ssl_context() if any(url.startswith("https") for url in urls) else False
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0), trust_env=False, verify=verify,
-                                       limits=httpx.Limits(max_connections=64, max_keepalive_connections=16))
+                                       limits=httpx.Limits(max_connections=max_connections,
+                                                           max_keepalive_connections=max_connections))
+
+    def bound(self, clock: Callable[[], float], record: Callable[[Call], None]) -> EngineClient:
+        """A twin on the same connection pool that times and records calls for one trace."""
+        twin = copy.copy(self)
+        twin._clock, twin._record, twin._owner = clock, record, False
+        return twin
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owner:
+            await self._http.aclose()
+
+    async def describe(self) -> dict[str, Any]:
+        """What the server really serves: {name, root, max_model_len, vllm} (asked once, then cached).
+        The name requests use is checked against the server's model list here."""
+        async with self._info_lock:
+            if self._info:
+                self.model_name = self._info["name"]
+                return self._info
+            url = self.urls[0]
+            try:
+                models, version = await asyncio.gather(self._http.get(f"{url}/v1/models"), self._http.get(f"{url}/version"))
+                entries = models.json().get("data", []) if models.status_code == 200 else []
+            except (httpx.HTTPError, ValueError) as exc:
+                raise self._failure(url, exc) from None
+            served = {entry.get("id"): entry for entry in entries}
+            self.model_name = next((name for name in (self.model_name, *self.other_names) if name in served),
+                                   self.model_name)
+            if self.model_name not in served:
+                listed = ", ".join(repr(name) for name in served) or "nothing"
+                raise ServerError(  # a set-up mistake, not a failure mid-run
+                    f"{self.role} server {url} serves {listed}, not {self.model_name!r} "
+                    f"(set {self.role}.served_name to the name it serves)"
+                )
+            entry = served[self.model_name]
+            try:
+                vllm_version = version.json().get("version") if version.status_code == 200 else None
+            except ValueError:
+                vllm_version = None
+            self._info.update(name=self.model_name, root=entry.get("root"), max_model_len=entry.get("max_model_len"),
+                              vllm=vllm_version)
+            return self._info
+
+    async def metrics(self) -> dict[str, float]:
+        """The server's Prometheus metrics summed over labels, e.g. `vllm:num_requests_running`."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = self.urls[0]
+        try:
+            response = await self._http.get(f"{url}/metrics")
+        except httpx.HTTPError as exc:
+            raise self._failure(url, exc) from None
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
+        return totals
 
     def _failure(self, url: str, exc: Exception) -> EngineError:
         return EngineError(
             f"{self.role} model {self.model_name} at {url} failed ({type(exc).__name__}: {exc or 'no reply'}); "
-            f"is it running? start it with `{self.start_hint}`"
+            f"is it running? {self.start_hint}"
         )
 
     async def _post(self, path: str, body: dict[str, Any], kind: str) -> tuple[dict[str, Any], Call]:

@@ -21,3 +21,12 @@ class EngineError(SplitError):
 
 class UsageError(SplitError):
     """Bad input on the command line (empty question, unknown name, ...)."""
+
+
+class StateError(SplitError):
+    """The state dir (server records, logs, demo models) cannot be used."""
+
+
+class DataError(SplitError):
+    """A data set or a run folder cannot be read or does not fit (eval, gendata)."""
+

@@ -16,6 +16,7 @@ class GpuProcess:
     used_mib: float
     user: str
     command: str
+    create_time: float | None = None  # to tell this process from a later one with the same pid
 
 
 @cache
@@ -47,12 +48,12 @@ def memory_used_mib(gpu: int) -> float:
     return nvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
 
 
-def _describe(pid: int) -> tuple[str, str]:
+def _describe(pid: int) -> tuple[str, str, float | None]:
     try:
         proc = psutil.Process(pid)
-        return proc.username(), " ".join(proc.cmdline()) or proc.name()
+        return proc.username(), " ".join(proc.cmdline()) or proc.name(), proc.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return "?", "?"
+        return "?", "?", None
 
 
 def processes(gpus: list[int] | None = None) -> list[GpuProcess]:
@@ -67,8 +68,8 @@ def processes(gpus: list[int] | None = None) -> list[GpuProcess]:
         listed += list(nvml.nvmlDeviceGetGraphicsRunningProcesses(handle))
         for entry in listed:
             used = (entry.usedGpuMemory or 0) / 2**20
-            user, command = _describe(entry.pid)
-            found[(index, entry.pid)] = GpuProcess(index, entry.pid, used, user, command)
+            user, command, created = _describe(entry.pid)
+            found[(index, entry.pid)] = GpuProcess(index, entry.pid, used, user, command, created)
     return list(found.values())
 
 

@@ -7,19 +7,32 @@ from pathlib import Path
 
 import platformdirs
 
+from splitcli.errors import StateError
+
+
+def _usable_dir(path: Path) -> Path:
+    """`path` as an existing folder, or one line saying why it cannot be one."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StateError(f"state dir {path} is a file, not a folder (remove it, or set SPLITREASON_HOME "
+                         "to a folder)") from None
+    except OSError as exc:
+        raise StateError(f"state dir {path} cannot be created ({exc.strerror}; set SPLITREASON_HOME "
+                         "to a writable folder)") from None
+    if not path.is_dir():
+        raise StateError(f"state dir {path} is not a folder (set SPLITREASON_HOME to a folder)")
+    return path
+
 
 def home() -> Path:
     """The state dir: $SPLITREASON_HOME, else the user cache dir."""
     root = os.environ.get("SPLITREASON_HOME") or platformdirs.user_cache_dir("splitreason")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _usable_dir(Path(root).expanduser().absolute())
 
 
 def _sub(name: str) -> Path:
-    path = home() / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _usable_dir(home() / name)
 
 
 def servers_dir() -> Path:
@@ -32,6 +45,11 @@ def logs_dir() -> Path:
 
 def models_dir() -> Path:
     return _sub("models")
+
+
+def data_dir() -> Path:
+    """Downloaded data sets (eval tasks, gendata sources)."""
+    return _sub("data")
 
 
 def user_profiles_dir() -> Path:

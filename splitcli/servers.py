@@ -1,8 +1,9 @@
 """Managed vLLM servers: launch in their own process session, wait for readiness, record, stop cleanly.
 
-Every process we launch carries SPLITREASON_SERVER=<marker> in its environment, which its children
-(vLLM's engine core and workers) inherit; that is how their orphans are found even after the API
-server was SIGKILLed and nobody recorded them.
+Every process we launch carries SPLITREASON_SERVER=<marker> and SPLITREASON_SERVER_HOME=<state dir>
+in its environment, which its children (vLLM's engine core and workers) inherit; that is how their
+orphans are found even after the API server was SIGKILLed and nobody recorded them, and how a
+process is known to belong to this state dir and not to another user's or another test run's.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import httpx
 import psutil
 
-from splitcli import gpus, paths
+from splitcli import gpus, leases, paths
 from splitcli.errors import ServerError
 from splitcli.profiles import ROLES, ModelSpec, Profile, Role
 
 MARKER_ENV = "SPLITREASON_SERVER"
+MARKER_HOME_ENV = "SPLITREASON_SERVER_HOME"
 LOG_TAIL_LINES = 15
 
 
@@ -36,8 +38,11 @@ def server_name(profile: Profile, role: Role) -> str:
 
 
 def serve_hint(profile: Profile, role: Role) -> str:
-    """The command that starts one server of a profile, for error messages."""
-    return f"splitreason serve --profile {profile.name} --only {role}"
+    """How to bring one server of a profile up, for error messages."""
+    spec = profile.spec(role)
+    if not spec.launched:
+        return f"it is not one splitreason starts: check {', '.join(spec.urls)}"
+    return f"start it with `splitreason serve --profile {profile.name} --only {role}`"
 
 
 # ---------------------------------------------------------------- state records
@@ -63,6 +68,8 @@ class ServerRecord:
     marker: str
     started_at: float = field(default_factory=time.time)
     descendants: list[tuple[int, float]] = field(default_factory=list)
+    # Started by a command for its own use: stopped when the last command using it ends.
+    temporary: bool = False
 
     @property
     def url(self) -> str:
@@ -73,9 +80,11 @@ class ServerRecord:
         return paths.servers_dir() / f"{self.name}.json"
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
+        # A temp name of our own (two shells may save one record at once), then an atomic rename:
+        # a reader never sees half a record.
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(self.path)  # atomic: a reader never sees half a record
+        tmp.replace(self.path)
 
     def forget(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -86,13 +95,14 @@ class ServerRecord:
         try:
             data = json.loads(file.read_text())
             data["descendants"] = [tuple(item) for item in data.get("descendants", [])]
-            return cls(**data)
-        except (OSError, ValueError, TypeError):
+            known = {item.name for item in fields(cls)}
+            return cls(**{key: value for key, value in data.items() if key in known})
+        except (OSError, ValueError, TypeError, AttributeError):
             return None
 
     def leader(self) -> psutil.Process | None:
         """The server process itself, if it is still alive and is really ours (not a reused pid)."""
-        return _same_process(self.pid, self.create_time)
+        return same_process(self.pid, self.create_time)
 
     def processes(self) -> list[psutil.Process]:
         """Every live process of this server: leader, recorded descendants, and marked orphans."""
@@ -103,7 +113,7 @@ class ServerRecord:
             for child in _children(leader):
                 found[child.pid] = child
         for pid, created in self.descendants:
-            proc = _same_process(pid, created)
+            proc = same_process(pid, created)
             if proc is not None:
                 found[pid] = proc
         for proc in marked_processes(self.marker):
@@ -116,7 +126,10 @@ def all_records() -> list[ServerRecord]:
     return [record for record in records if record is not None]
 
 
-def _same_process(pid: int, create_time: float) -> psutil.Process | None:
+def same_process(pid: int, create_time: float | None) -> psutil.Process | None:
+    """The live process with this pid if it started at `create_time` (else the pid was reused)."""
+    if create_time is None:
+        return None
     try:
         proc = psutil.Process(pid)
         if abs(proc.create_time() - create_time) < 0.05 and _alive(proc):
@@ -141,16 +154,26 @@ def _children(proc: psutil.Process) -> list[psutil.Process]:
 
 
 def marked_processes(marker: str | None = None) -> list[psutil.Process]:
-    """Live processes carrying our launch marker (a given one, or any when None)."""
+    """Live processes launched from this state dir: those carrying a given marker, or any of ours
+    when None. Processes launched from another SPLITREASON_HOME are never included."""
+    ours = str(paths.home())
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
-            value = proc.environ().get(MARKER_ENV)
+            env = proc.environ()
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
-        if value and (marker is None or value == marker) and _alive(proc):
+        value = env.get(MARKER_ENV)
+        if value and env.get(MARKER_HOME_ENV) == ours and (marker is None or value == marker) and _alive(proc):
             found.append(proc)
     return found
+
+
+def marker_of(proc: psutil.Process) -> str | None:
+    try:
+        return proc.environ().get(MARKER_ENV)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return None
 
 
 # ---------------------------------------------------------------- health
@@ -234,10 +257,11 @@ def build_env(spec: ModelSpec, marker: str) -> dict[str, str]:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(gpu) for gpu in spec.gpus)
     env[MARKER_ENV] = marker
+    env[MARKER_HOME_ENV] = str(paths.home())
     return env
 
 
-def launch(profile: Profile, role: Role) -> ServerRecord:
+def launch(profile: Profile, role: Role, temporary: bool = False) -> ServerRecord:
     """Start one server in its own process session and record it; does not wait for readiness."""
     from splitcli import demo
 
@@ -263,7 +287,7 @@ def launch(profile: Profile, role: Role) -> ServerRecord:
         name=name, role=role, profile=profile.name, model=spec.model, served_name=spec.name,
         host=spec.host, port=spec.port, pid=proc.pid, pgid=proc.pid,
         create_time=psutil.Process(proc.pid).create_time(), gpus=list(spec.gpus),
-        log_path=str(log_path), command=command, marker=marker,
+        log_path=str(log_path), command=command, marker=marker, temporary=temporary,
     )
     record.save()
     return record
@@ -287,7 +311,8 @@ def _exit_code(record: ServerRecord) -> int | None:
 
 
 def wait_ready(records: list[ServerRecord], timeout: float, on_tick: Callable[[str], None] | None = None) -> None:
-    """Wait until every server answers; fail at once, with its log, when one dies while starting."""
+    """Wait until every server answers; fail at once, with its log, when one dies while starting.
+    Stops nothing: the caller knows which servers it launched and stops only those."""
     deadline = time.monotonic() + timeout
     pending = list(records)
     started = time.monotonic()
@@ -295,8 +320,6 @@ def wait_ready(records: list[ServerRecord], timeout: float, on_tick: Callable[[s
         for record in list(pending):
             code = _exit_code(record)
             if code is not None or record.leader() is None:
-                for other in records:
-                    stop(other, quiet=True)
                 shown = f"code {code}" if code is not None else "an unknown code"
                 raise ServerError(
                     f"server {record.name} exited with {shown} while starting "
@@ -311,8 +334,6 @@ def wait_ready(records: list[ServerRecord], timeout: float, on_tick: Callable[[s
         if not pending:
             return
         if time.monotonic() > deadline:
-            for other in records:
-                stop(other, quiet=True)
             names = ", ".join(record.name for record in pending)
             raise ServerError(
                 f"{names} not ready after {timeout:.0f}s (see `splitreason logs NAME`; raise startup_timeout in the profile)"
@@ -338,10 +359,28 @@ def must_wait_before(profile: Profile, role: Role, starting: list[ServerRecord])
     return any(gpus_needed & set(record.gpus) for record in starting)
 
 
+def _check_reusable(existing: ServerRecord, spec: ModelSpec) -> None:
+    """A running server is reused only if it serves what the profile names now."""
+    name = existing.name
+    if existing.model != spec.model:
+        raise ServerError(
+            f"server {name} serves {existing.model}, but the profile now names {spec.model} "
+            f"(stop it with `splitreason stop {name}`, then run again to start the new model)"
+        )
+    if (existing.host, existing.port, existing.served_name) != (spec.host, spec.port, spec.name):
+        raise ServerError(
+            f"server {name} runs at {existing.url} as {existing.served_name!r}, but the profile now says "
+            f"http://{spec.host}:{spec.port} as {spec.name!r} (stop it with `splitreason stop {name}`)"
+        )
+
+
 def ensure_servers(profile: Profile, roles: tuple[Role, ...] = ROLES,
-                   on_tick: Callable[[str], None] | None = None) -> ServeResult:
-    """Start the profile's servers that are not already running healthy; reuse those that are.
-    Servers on separate GPUs start together; servers sharing a GPU start one after the other."""
+                   on_tick: Callable[[str], None] | None = None, temporary: bool = False) -> ServeResult:
+    """Start the profile's servers that are not already running; reuse those that are.
+    Servers on separate GPUs start together; servers sharing a GPU start one after the other.
+    On any failure only the servers launched here are stopped, never reused ones.
+    `temporary`: servers launched here stop when the last command using them ends (see use_servers);
+    otherwise they stay up, and reused temporary ones are made permanent."""
     records: list[ServerRecord] = []
     reused: list[str] = []
     launched: list[ServerRecord] = []
@@ -356,11 +395,10 @@ def ensure_servers(profile: Profile, roles: tuple[Role, ...] = ROLES,
             existing = ServerRecord.load(name)
             if existing is not None:
                 if existing.leader() is not None:
-                    if existing.model != spec.model or existing.port != spec.port:
-                        raise ServerError(
-                            f"server {name} already runs {existing.model} on port {existing.port} "
-                            f"(stop it with `splitreason stop {name}`)"
-                        )
+                    _check_reusable(existing, spec)
+                    if existing.temporary and not temporary:
+                        existing.temporary = False
+                        existing.save()
                     records.append(existing)
                     reused.append(name)
                     starting.append(existing)  # it may still be starting itself
@@ -369,7 +407,7 @@ def ensure_servers(profile: Profile, roles: tuple[Role, ...] = ROLES,
             if must_wait_before(profile, role, starting):
                 wait_ready(starting, timeout, on_tick)
                 starting = []
-            record = launch(profile, role)
+            record = launch(profile, role, temporary=temporary)
             launched.append(record)
             records.append(record)
             starting.append(record)
@@ -379,6 +417,70 @@ def ensure_servers(profile: Profile, roles: tuple[Role, ...] = ROLES,
             stop(record, quiet=True)
         raise
     return ServeResult(records, reused, [record.name for record in launched])
+
+
+def not_running(profile: Profile, roles: tuple[Role, ...]) -> list[str]:
+    """Names of the servers `roles` need that splitreason would have to start."""
+    missing = []
+    for role in roles:
+        if profile.spec(role).launched:
+            record = ServerRecord.load(server_name(profile, role))
+            if record is None or record.leader() is None:
+                missing.append(server_name(profile, role))
+    return missing
+
+
+class ServerUse:
+    """The servers a command (run, eval, gendata, the API) needs, for as long as it runs.
+
+    Entering takes a lease on each server first, so no other command stops it meanwhile; `start`
+    launches missing ones (temporary unless `keep`); leaving drops the leases and stops the temporary
+    servers nobody else holds a lease on. `released` then says what was stopped or left running."""
+
+    def __init__(self, profile: Profile, roles: tuple[Role, ...], keep: bool = False) -> None:
+        self.profile = profile
+        self.roles = roles
+        self.keep = keep
+        self.names = [server_name(profile, role) for role in roles if profile.spec(role).launched]
+        self.serve: ServeResult | None = None
+        self.released: ReleaseResult | None = None
+
+    def __enter__(self) -> ServerUse:
+        for name in self.names:
+            with leases.locked(name):
+                leases.acquire(name)
+        return self
+
+    def start(self, on_tick: Callable[[str], None] | None = None) -> ServeResult:
+        self.serve = ensure_servers(self.profile, self.roles, on_tick, temporary=not self.keep)
+        return self.serve
+
+    def __exit__(self, *exc: object) -> None:
+        self.released = release(self.names)
+
+
+@dataclass
+class ReleaseResult:
+    stopped: list[str] = field(default_factory=list)
+    still_used: dict[str, list[int]] = field(default_factory=dict)  # name -> pids of other users
+
+
+def release(names: list[str]) -> ReleaseResult:
+    """Drop this process's leases; stop the temporary servers among `names` that nobody else uses."""
+    result = ReleaseResult()
+    for name in names:
+        with leases.locked(name):
+            leases.release(name)
+            record = ServerRecord.load(name)
+            if record is None or not record.temporary:
+                continue
+            users = leases.holders(name)
+            if users:
+                result.still_used[name] = users
+                continue
+            stop(record, quiet=True)
+            result.stopped.append(name)
+    return result
 
 
 # ---------------------------------------------------------------- stopping

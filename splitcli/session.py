@@ -2,7 +2,8 @@
 
 It owns what the modes should not have to think about: the prompt of each model (from its own chat
 template), each model's context as token ids, handoffs (token ids when the tokenizers match, text
-otherwise), tag removal for the big model, the token budget, and recording into the Trace.
+otherwise), tag removal for the big model, the token budget, probing the small model for the end of
+a big segment, and recording into the Trace.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 from splitcli.engine import Completion, EngineClient, Prompt
 from splitcli.errors import EngineError, UsageError
-from splitcli.profiles import Profile, PromptConfig
+from splitcli.profiles import Profile, PromptConfig, Sampling
 from splitcli.servers import serve_hint
 from splitcli.trace import Model, Segment, Trace, strip_tags
 
@@ -32,31 +33,103 @@ class Context:
     pending: list[tuple[list[int] | None, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class CloseProbe:
+    """What the small model writes after one prefix of a big segment: the closing tag or not, and
+    the whitespace it writes before the tag."""
+
+    closes: bool
+    lead: str = ""
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where a big segment ends: after `index` of its tokens, with `lead` written by the small model."""
+
+    index: int
+    lead: str = ""
+
+
+class CutFinder:
+    """The end of one big segment, as a property of the text and not of how it was batched.
+
+    Prefixes 1, 2, ... of the segment are fed in order. Prefix i ends the segment when the small
+    model's greedy continuation starts with the closing tag. When it starts with whitespace and then
+    the tag, the next prefix decides: if the big model's next token lets the small model close right
+    away, the cut is after it (the big model's own whitespace is kept); otherwise the cut is at i,
+    with the small model's whitespace. So the cut never depends on where chunks or buckets end."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.pending: Cut | None = None
+
+    def feed(self, probes: list[CloseProbe]) -> Cut | None:
+        """Probes for the next prefixes (self.seen + 1, ...); the cut once it is decided."""
+        for probe in probes:
+            self.seen += 1
+            if self.pending is not None:
+                if probe.closes and not probe.lead:
+                    return Cut(self.seen)
+                return self.pending
+            if probe.closes and not probe.lead:
+                return Cut(self.seen)
+            if probe.closes:
+                self.pending = Cut(self.seen, probe.lead)
+        return None
+
+    def finish(self) -> Cut | None:
+        """The segment ended (EOS, cap, budget) with no further prefix: a pending cut stands."""
+        return self.pending
+
+
+def open_clients(profile: Profile, roles: tuple[Model, ...], max_connections: int = 64) -> dict[Model, EngineClient]:
+    """One client (one connection pool) per model, for all the sessions of one command."""
+    clients = {}
+    for role in roles:
+        spec = profile.spec(role)
+        # A server someone else runs serves the model under its own name: the HF id will do too.
+        others = (spec.model,) if not spec.launched else ()
+        clients[role] = EngineClient(role, spec.name, spec.urls, serve_hint(profile, role),
+                                     max_connections=max_connections, other_names=others)
+    return clients
+
+
+async def close_clients(clients: dict[Model, EngineClient]) -> None:
+    await asyncio.gather(*(client.aclose() for client in clients.values()))
+
+
 class Session:
-    def __init__(self, profile: Profile, trace: Trace, roles: tuple[Model, ...], stream: bool = True) -> None:
+    def __init__(self, profile: Profile, trace: Trace, roles: tuple[Model, ...], stream: bool = True,
+                 clients: dict[Model, EngineClient] | None = None, sampling: Sampling | None = None) -> None:
         self.profile = profile
         self.trace = trace
         self.roles = roles
         self.stream = stream
-        self.sampling = profile.sampling
+        self.sampling = sampling or profile.sampling
         self.tags: PromptConfig = profile.prompt
+        self._own_clients = clients is None
+        shared = clients if clients is not None else open_clients(profile, roles)
+        self._shared = shared
         self.clients: dict[Model, EngineClient] = {
-            role: EngineClient(role, profile.spec(role).name, profile.spec(role).urls, serve_hint(profile, role),
-                               clock=trace.now, record=trace.calls.append)
-            for role in roles
+            role: shared[role].bound(clock=trace.now, record=trace.calls.append) for role in roles
         }
         self.contexts: dict[Model, Context] = {role: Context() for role in roles}
         self.shared_tokenizer = False
         self.open_ids: list[int] = []
         self.close_ids: list[int] = []
         self._prefix: dict[Model, tuple[list[int], str]] = {}
+        self._stop_ids: dict[str, list[int]] = {}
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(client.aclose() for client in self.clients.values()))
+        if self._own_clients:
+            await close_clients(self._shared)
 
     # ------------------------------------------------------------ set-up
     async def prepare(self, with_hint: bool) -> None:
         """Build each model's prompt and find out whether handoffs can pass token ids."""
+        served = await asyncio.gather(*(self.clients[role].describe() for role in self.roles))
+        self.trace.served = {role: {**info, "revision": self.profile.spec(role).revision}
+                             for role, info in zip(self.roles, served, strict=True)}
         await asyncio.gather(*(self._prepare_prompt(role, with_hint and role == "small") for role in self.roles))
         for role in self.roles:
             context = self.contexts[role]
@@ -65,6 +138,12 @@ class Session:
                     f"the question makes a {context.prompt_tokens}-token prompt, over the {role} model's context of "
                     f"{context.max_model_len} tokens (shorten it, or raise {role}.max_model_len)"
                 )
+        budget, prompt = self.sampling.max_tokens, self.contexts[self.roles[0]].prompt_tokens
+        if prompt >= budget:
+            raise UsageError(
+                f"the question makes a {prompt}-token prompt, which leaves nothing of the {budget}-token budget "
+                f"(shorten it, or raise it with --set sampling.max_tokens=N)"
+            )
         if len(self.roles) == 2:
             small_ids, big_ids = await asyncio.gather(
                 self.clients["small"].tokenize(TOKENIZER_PROBE), self.clients["big"].tokenize(TOKENIZER_PROBE))
@@ -73,6 +152,7 @@ class Session:
         if "small" in self.roles:
             self.open_ids, self.close_ids = await asyncio.gather(
                 self.clients["small"].tokenize(self.tags.open_tag), self.clients["small"].tokenize(self.tags.close_tag))
+            self._stop_ids = {self.tags.open_tag: self.open_ids, self.tags.close_tag: self.close_ids}
             # Tags added as special tokens would vanish from the text (and never fire the stop
             # string) unless special tokens are kept; plain-text tags (the paper's) need no such thing.
             if len(self.open_ids) == 1:
@@ -92,10 +172,12 @@ class Session:
 
     # ------------------------------------------------------------ budget
     def room(self) -> int:
-        """Tokens left in the budget (prompt included, as in the paper's 16384)."""
+        """Tokens left in the budget (prompt included, as in the paper's 16384); text already queued
+        to start a model's next segment (a closing tag) is counted as spent."""
         primary = self.contexts[self.roles[0]]
-        generated = sum(segment.tokens for segment in self.trace.segments)
-        return self.sampling.max_tokens - primary.prompt_tokens - generated
+        generated = sum(segment.tokens for segment in self.trace.kept_segments)
+        queued = sum(len(ids) for ids, _ in self._prefix.values())
+        return self.sampling.max_tokens - primary.prompt_tokens - generated - queued
 
     def _max_new(self, role: Model, wanted: int) -> int:
         context = self.contexts[role]
@@ -153,10 +235,17 @@ class Session:
                 context.text += text
         return context.ids
 
-    def queue_prefix(self, role: Model, ids: list[int], text: str, lead: str = "") -> None:
-        """Text the role's next segment starts with (the closing tag after a big segment).
-        `lead` is text to put first (whitespace), re-tokenised with the rest."""
-        self._prefix[role] = (ids, text) if not lead else ([], lead + text)
+    async def hand_back(self, segment: Segment, reason: str, lead: str = "") -> bool:
+        """End a big segment and queue the closing tag (after `lead`, whitespace the small model
+        writes first) to start the small model's next segment. Returns True when the budget has no
+        room for the tag: then the trace ends here."""
+        ids = list(self.close_ids) if not lead else await self.clients["small"].tokenize(lead + self.tags.close_tag)
+        if len(ids) > self.room():
+            self.close(segment, "length")
+            return True
+        self.close(segment, reason)
+        self._prefix["small"] = (ids, lead + self.tags.close_tag)
+        return False
 
     # ------------------------------------------------------------ generation
     async def open(self, role: Model, extend: bool = False) -> Segment:
@@ -166,8 +255,6 @@ class Session:
         segment = self.trace.open_segment(role)
         if role in self._prefix:
             ids, text = self._prefix.pop(role)
-            if not ids:
-                ids = await self.clients[role].tokenize(text)
             segment.token_ids += ids
             segment.text += text
             self.commit(role, ids, text)
@@ -189,8 +276,8 @@ class Session:
         base_text, base_ids = segment.text, len(segment.token_ids)
 
         def on_delta(text: str, ids: list[int]) -> None:
-            if segment.first_token is None:
-                segment.first_token = self.trace.now()
+            if segment.first_token is None and self.stream:
+                segment.first_token = self.trace.now()  # measured only when streamed
             segment.text += text
             segment.token_ids += ids
             self.trace.emit("update", segment)
@@ -202,6 +289,8 @@ class Session:
         else:
             (result,) = await client.complete([prompt], **kwargs)
             on_delta(result.text, result.token_ids)
+        if result.stopped_on_string:
+            await self._match_ids_to_text(role, result)
         segment.text, segment.token_ids = base_text, segment.token_ids[:base_ids]
         segment.text += result.text
         segment.token_ids += result.token_ids
@@ -209,13 +298,35 @@ class Session:
             segment.prompt_tokens, segment.cached_tokens = result.prompt_tokens, result.cached_tokens
         return result
 
+    async def _match_ids_to_text(self, role: Model, result: Completion) -> None:
+        """When a stop string ends inside a token, vLLM cuts the text but keeps the whole token: make
+        the ids spell the text again (the tail of that token re-tokenised), so context ids and text agree."""
+        stop = str(result.stop_reason)
+        stop_ids = self._stop_ids.get(stop)
+        if stop_ids is None:
+            stop_ids = self._stop_ids[stop] = await self.clients[role].tokenize(stop)
+        ids = result.token_ids
+        if stop_ids and ids[-len(stop_ids):] == stop_ids:
+            return  # the usual case: the stop string came as its own tokens
+        client = self.clients[role]
+        if await client.detokenize(ids) == result.text:
+            return
+        head = await client.detokenize(ids[:-1]) if len(ids) > 1 else ""
+        if result.text.startswith(head):
+            result.token_ids = ids[:-1] + await client.tokenize(result.text[len(head):])
+        else:
+            result.token_ids = await client.tokenize(result.text)
+        result.pieces = [(result.text, len(result.token_ids))]
+
     async def keep(self, role: Model, segment: Segment, result: Completion, n_tokens: int) -> None:
-        """Keep the first `n_tokens` of a draft in `segment` and commit them; drop the rest."""
+        """Keep the first `n_tokens` of a draft in `segment` and commit them; drop the rest (counted
+        in the segment's dropped tokens)."""
         dropped = len(result.token_ids) - n_tokens
         if dropped:
             kept_text = await self._text_of_first(role, result, n_tokens)
             segment.token_ids = segment.token_ids[: len(segment.token_ids) - dropped]
             segment.text = segment.text[: len(segment.text) - len(result.text)] + kept_text
+            segment.dropped_tokens += dropped
             self.trace.emit("update", segment)
         else:
             kept_text = result.text
@@ -243,22 +354,73 @@ class Session:
         self.close(segment, _reason(result))
         return segment, result
 
-    async def prefix_texts(self, role: Model, result: Completion) -> list[str]:
-        """Text of each token prefix of a completion (for text handoffs)."""
-        if all(count == 1 for _, count in result.pieces):
+    async def prefix_texts(self, role: Model, result: Completion, start: int, stop: int) -> list[str]:
+        """Text of the token prefixes result[:i], start < i <= stop (for text handoffs)."""
+        pieces = result.pieces[:stop]
+        if len(pieces) == stop and all(count == 1 for _, count in pieces):  # streamed one token at a time
             texts, running = [], ""
-            for piece_text, _ in result.pieces:
+            for piece_text, _ in pieces:
                 running += piece_text
                 texts.append(running)
-            return texts
+            return texts[start:]
         client = self.clients[role]
         ids = result.token_ids
-        return list(await asyncio.gather(*(client.detokenize(ids[:i]) for i in range(1, len(ids) + 1))))
+        return list(await asyncio.gather(*(client.detokenize(ids[:i]) for i in range(start + 1, stop + 1))))
 
     async def probe(self, role: Model, prompts: list[Prompt], max_tokens: int) -> list[Completion]:
-        """Greedy continuations of many prompts in ONE batched request."""
-        return await self.clients[role].complete(prompts, max_tokens=max_tokens, temperature=0.0,
-                                                 kind="probe")
+        """Greedy continuations of many prompts in ONE batched request (vLLM shortens `max_tokens`
+        per prompt to the room its context leaves; every prompt must leave some)."""
+        if not prompts:
+            return []
+        return await self.clients[role].complete(prompts, max_tokens=max_tokens, temperature=0.0, kind="probe")
+
+    async def probe_close(self, draft: Completion, start: int, stop: int, probe_tokens: int) -> list[CloseProbe]:
+        """Whether the small model would close the tag after each prefix draft[:i], start < i <= stop,
+        of big-model text not yet committed to its context: one batched request of greedy probes.
+        Kept behind this one method so that probing can be made cheaper without touching the modes."""
+        if stop <= start:
+            return []
+        base = await self.context("small")
+        if self.shared_tokenizer:
+            prompts: list[Prompt] = [base + draft.token_ids[:i] for i in range(start + 1, stop + 1)]
+        else:
+            base_text = self.contexts["small"].text
+            prompts = [base_text + text for text in await self.prefix_texts("big", draft, start, stop)]
+        # A prefix that fills the small model's context leaves it no room to write anything: vLLM
+        # would reject the whole batch for it, so such prefixes are not probed (they cannot close).
+        fitting = await self._fitting("small", prompts)
+        probes = await self.probe("small", prompts[:fitting], probe_tokens)
+        marker = self.tags.close_tag[:5]  # "</big": the small model starts closing
+        found = []
+        for probe in probes:
+            stripped = probe.text.lstrip()
+            closes = stripped.startswith(marker)
+            found.append(CloseProbe(closes, probe.text[: len(probe.text) - len(stripped)] if closes else ""))
+        return found + [CloseProbe(False)] * (len(prompts) - fitting)
+
+    async def _fitting(self, role: Model, prompts: list[Prompt]) -> int:
+        """How many of `prompts` (each longer than the one before) leave the model room to write."""
+        limit = self.contexts[role].max_model_len
+        if not limit or not prompts:
+            return len(prompts)
+        sizes: dict[int, int] = {}
+
+        async def size(index: int) -> int:
+            prompt = prompts[index]
+            if index not in sizes:
+                sizes[index] = len(prompt) if isinstance(prompt, list) else len(await self.clients[role].tokenize(prompt))
+            return sizes[index]
+
+        if await size(len(prompts) - 1) < limit:
+            return len(prompts)
+        low, high = 0, len(prompts) - 1  # the first prompt that does not fit lies in [low, high]
+        while low < high:
+            middle = (low + high) // 2
+            if await size(middle) < limit:
+                low = middle + 1
+            else:
+                high = middle
+        return low
 
 
 def _reason(result: Completion) -> str | None:
@@ -269,23 +431,26 @@ def _reason(result: Completion) -> str | None:
     return result.finish_reason
 
 
-async def run_question(profile: Profile, question: str, mode_name: str, stream: bool = True,
-                       watch: Callable[[Trace], None] | None = None) -> Trace:
-    """Run one question through a mode; on failure the partial trace comes back with `error` set."""
-    from splitcli.modes import get_mode
+async def run_question(profile: Profile, question: str, mode_name: str, *, stream: bool = True,
+                       watch: Callable[[Trace], None] | None = None,
+                       clients: dict[Model, EngineClient] | None = None, sampling: Sampling | None = None) -> Trace:
+    """Run one question through a mode; on failure the partial trace comes back with `error` set.
+    `clients`: shared connection pools (eval, the API); `sampling`: this run's sampling, e.g. a seed."""
+    from splitcli.modes import get_mode, mode_options
 
     if not question.strip():
         raise UsageError('the question is empty (pass its text, e.g. splitreason run "What is 2 + 2?")')
     mode_class = get_mode(mode_name)
-    options = mode_class.Options.model_validate(profile.modes.get(mode_name, {}))
+    options = mode_options(profile, mode_name)
+    sampling = sampling or profile.sampling
     trace = Trace(
         question=question.strip(), mode=mode_name, profile=profile.name,
         models={role: profile.spec(role).name for role in mode_class.roles},
-        options=options.model_dump(), sampling=profile.sampling.model_dump(),
+        options=options.model_dump(), sampling=sampling.model_dump(),
     )
     if watch is not None:
         watch(trace)  # renderers subscribe before anything is generated
-    session = Session(profile, trace, mode_class.roles, stream)
+    session = Session(profile, trace, mode_class.roles, stream, clients=clients, sampling=sampling)
     trace.start_clock()
     try:
         await session.prepare(mode_class.uses_hint)

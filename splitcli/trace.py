@@ -6,24 +6,34 @@ and the API. Times are seconds since the trace started.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
 from splitcli.errors import UsageError
 
-TRACE_VERSION = 1
+TRACE_VERSION = 2
+READS_VERSIONS = (1, 2)  # version 1 had no served/kept/dropped fields: their defaults apply
 Model = Literal["small", "big"]
 MODELS: tuple[Model, Model] = ("small", "big")
+
+
+STRICT = ConfigDict(extra="forbid")  # reading a saved trace: unknown fields are errors
 
 
 @dataclass
 class Call:
     """One HTTP request to a model server."""
+
+    __pydantic_config__ = STRICT
 
     model: Model
     kind: str  # generate | probe | tokenize | detokenize
@@ -43,6 +53,8 @@ class Call:
 class Segment:
     """A stretch of text one model wrote (tags included as the small model wrote or closed them)."""
 
+    __pydantic_config__ = STRICT
+
     model: Model
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
@@ -52,18 +64,33 @@ class Segment:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     finish_reason: str | None = None
+    # Tokens generated for this segment and then cut away (a draft past the cut): spent, not kept.
+    dropped_tokens: int = 0
+    # False for text that is not part of the answer (a beam candidate that lost): shown dimmed.
+    kept: bool = True
+    # Which candidate of a beam wrote it (logprob-subselect), else None.
+    branch: int | None = None
 
     @property
     def tokens(self) -> int:
         return len(self.token_ids)
 
+    @property
+    def spent_tokens(self) -> int:
+        """Tokens the model generated for this segment, kept or not."""
+        return len(self.token_ids) + self.dropped_tokens
+
 
 @dataclass
 class Trace:
+    __pydantic_config__ = STRICT
+
     question: str
     mode: str
     profile: str = ""
     models: dict[str, str] = field(default_factory=dict)
+    # What each server really serves: name, root (path or HF id), revision, vLLM version.
+    served: dict[str, dict[str, Any]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     sampling: dict[str, Any] = field(default_factory=dict)
     handoff: str = "text"  # token_ids when both models share a tokenizer
@@ -115,23 +142,32 @@ class Trace:
 
     # -- reading
     @property
+    def kept_segments(self) -> list[Segment]:
+        return [segment for segment in self.segments if segment.kept]
+
+    @property
     def text(self) -> str:
-        return "".join(segment.text for segment in self.segments)
+        return "".join(segment.text for segment in self.kept_segments)
 
     @property
     def answer(self) -> str | None:
         return final_answer(self.text)
 
     def stats(self) -> dict[str, Any]:
-        """Derived numbers: tokens and time per model, offload share, handoffs and their cost."""
-        tokens = {m: sum(s.tokens for s in self.segments if s.model == m) for m in MODELS}
+        """Derived numbers: tokens and time per model, offload share, handoffs and their cost.
+        `tokens` counts what the answer keeps; `spent_tokens` also what was generated and thrown away
+        (drafts cut by a probe, candidates that lost), which is what decode speed is measured on."""
+        kept = self.kept_segments
+        tokens = {m: sum(s.tokens for s in kept if s.model == m) for m in MODELS}
+        spent = {m: sum(s.spent_tokens for s in self.segments if s.model == m) for m in MODELS}
         generated = sum(tokens.values())
         seconds = {m: sum(c.seconds for c in self.calls if c.model == m) for m in MODELS}
         gen_seconds = {m: sum(c.seconds for c in self.calls if c.model == m and c.kind == "generate") for m in MODELS}
-        handoffs = [(prev, seg) for prev, seg in zip(self.segments, self.segments[1:], strict=False) if prev.model != seg.model]
+        handoffs = [(prev, seg) for prev, seg in itertools.pairwise(kept) if prev.model != seg.model]
         costs = [
             {
                 "to": seg.model,
+                # Only measured when streamed: a whole completion's time is not a time to first token.
                 "latency_s": round((seg.first_token - (prev.end or seg.start)), 4) if seg.first_token is not None else None,
                 "prompt_tokens": seg.prompt_tokens,
                 "uncached_prompt_tokens": seg.prompt_tokens - seg.cached_tokens,
@@ -145,10 +181,13 @@ class Trace:
         return {
             "tokens": tokens,
             "generated_tokens": generated,
+            "spent_tokens": spent,
+            "dropped_tokens": {m: spent[m] - tokens[m] for m in MODELS},
             "offload_share": round(tokens["big"] / generated, 4) if generated else 0.0,
             "handoffs": len(handoffs),
             "seconds": {m: round(v, 4) for m, v in seconds.items()},
-            "tokens_per_second": {m: round(tokens[m] / gen_seconds[m], 1) if gen_seconds[m] else None for m in MODELS},
+            "generate_seconds": {m: round(v, 4) for m, v in gen_seconds.items()},
+            "tokens_per_second": {m: round(spent[m] / gen_seconds[m], 1) if gen_seconds[m] else None for m in MODELS},
             "wall_seconds": round(wall, 4),
             "http_seconds": round(http, 4),
             "http_busy_seconds": round(busy, 4),  # overlapping requests counted once
@@ -165,14 +204,24 @@ class Trace:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Trace:
+    def from_dict(cls, data: Any) -> Trace:
+        """A trace from its saved form; raises ValueError saying which field does not fit."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a trace is a JSON object, this line holds a {type(data).__name__}")
         version = data.get("version")
-        if version != TRACE_VERSION:
-            raise UsageError(f"trace version {version!r} is not supported (this splitreason reads version {TRACE_VERSION})")
-        fields = {key: value for key, value in data.items() if key not in ("stats", "segments", "calls")}
-        trace = cls(**fields)
-        trace.segments = [Segment(**segment) for segment in data.get("segments", [])]
-        trace.calls = [Call(**call) for call in data.get("calls", [])]
+        if version not in READS_VERSIONS:
+            raise ValueError(f"trace version {version!r} is not supported: splitreason {_package_version()} reads "
+                             f"versions {', '.join(map(str, READS_VERSIONS))} (use the splitreason that wrote it)")
+        try:
+            trace = _trace_adapter().validate_python({k: v for k, v in data.items() if k != "stats"})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            if first["type"] == "unexpected_keyword_argument":
+                raise ValueError(f"unknown field {where!r} (written by a newer splitreason? this is splitreason "
+                                 f"{_package_version()}, trace version {TRACE_VERSION})") from None
+            raise ValueError(f"{where}: {first['msg']}") from None
+        trace.version = TRACE_VERSION
         return trace
 
     def append_jsonl(self, path: Path) -> None:
@@ -185,13 +234,30 @@ def load_jsonl(path: Path) -> Iterator[Trace]:
     """Traces saved with `--save`, one JSON document per line."""
     if not path.is_file():
         raise UsageError(f"{path}: no such file (give a JSONL file written by `splitreason run --save`)")
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text file (give a JSONL file written by `splitreason run --save`)") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             yield Trace.from_dict(json.loads(line))
-        except (ValueError, TypeError) as exc:
-            raise UsageError(f"{path}: line {number}: not a splitreason trace ({exc})") from None
+        except json.JSONDecodeError:
+            raise UsageError(f"{path}: line {number}: not JSON (give a JSONL file written by `splitreason run --save`)") from None
+        except ValueError as exc:
+            raise UsageError(f"{path}: line {number}: not a splitreason trace: {exc}") from None
+
+
+@cache
+def _trace_adapter() -> TypeAdapter[Trace]:
+    return TypeAdapter(Trace)
+
+
+def _package_version() -> str:
+    from splitcli import __version__
+
+    return __version__
 
 
 def _union_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -203,22 +269,33 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def final_answer(text: str) -> str | None:
-    """Content of the last \\boxed{...} after </think> (or anywhere when there is no </think>)."""
-    tail = text.rsplit("</think>", 1)[-1]
-    start = tail.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for index in range(begin, len(tail)):
-        char = tail[index]
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            if depth == 0:
-                return tail[begin:index]
-            depth -= 1
+def answer_region(text: str) -> str:
+    """Where the answer is: the text after the last </think>, or all of it when there is none."""
+    return text.rsplit("</think>", 1)[-1]
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last non-empty \\boxed{...} (or \\fbox{...}) in `text`; an empty box (an echoed
+    instruction) is not an answer."""
+    for match in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*\{", text))):
+        depth, begin = 0, match.end()
+        for index in range(begin, len(text)):
+            char = text[index]
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                if depth == 0:
+                    content = text[begin:index].strip()
+                    if content:
+                        return content
+                    break
+                depth -= 1
     return None
+
+
+def final_answer(text: str) -> str | None:
+    """The boxed answer of a response: the last non-empty box after the last </think>."""
+    return last_boxed(answer_region(text))
 
 
 def strip_tags(text: str, open_tag: str, close_tag: str) -> str:

@@ -57,3 +57,32 @@ def demo_servers() -> Iterator[None]:
     assert started.code == 0, started.err
     yield
     cli("stop", "--all")
+
+
+def cli_tty(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Result:
+    """Run `splitreason ARGS` with stdout on a pseudo-terminal, as in an interactive shell."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    full_env = {**os.environ, "COLUMNS": "100", "LINES": "40", **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "splitcli", *args], stdout=slave, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=full_env, text=False)
+    os.close(slave)
+    chunks: list[bytes] = []
+    while True:
+        ready, _, _ = select.select([master], [], [], timeout)
+        if not ready:
+            proc.kill()
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the other end closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.wait(timeout=30)
+    return Result(proc.returncode, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n"), err)

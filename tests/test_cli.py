@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 from conftest import cli
 
 from splitcli import __version__
+from splitcli.trace import Segment, Trace
 
 
 def test_version() -> None:
@@ -23,5 +28,100 @@ def test_missing_argument_is_a_usage_error_without_traceback() -> None:
 def test_help_lists_the_commands() -> None:
     result = cli("--help")
     assert result.code == 0
-    for command in ("serve", "ps", "stop", "logs", "kill-gpus", "run", "show", "profiles", "demo"):
+    for command in ("serve", "ps", "stop", "logs", "kill-gpus", "run", "show", "modes", "profiles", "demo"):
         assert command in result.out
+
+
+COMMANDS = [["serve"], ["ps"], ["stop"], ["logs"], ["kill-gpus"], ["run"], ["show"], ["modes"], ["profiles", "list"],
+            ["profiles", "show"], ["profiles", "validate"], ["demo", "build"], ["demo", "questions"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_an_example_and_readable_help(command: list[str]) -> None:
+    result = cli(*command, "-h", env={"COLUMNS": "120"})
+    assert result.code == 0, result.err
+    assert "Example: splitreason " + " ".join(command) in " ".join(result.out.split())
+    for machine_word in ("<bool>", "<str>", "<list[str]>", "<int>", "<path>"):
+        assert machine_word not in result.out
+
+
+def test_help_lists_the_choices_of_mode_and_only() -> None:
+    run = " ".join(cli("run", "-h", env={"COLUMNS": "200"}).out.split())
+    assert "Mode to run: big-only, random-switch, small-only, splitreason" in run
+    assert "small|big" in cli("serve", "-h", env={"COLUMNS": "200"}).out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["stop", "[/]"], "error: no server named '[/]' (running: none; see `splitreason ps`)"),
+    (["profiles", "validate", "[/]"], "error: [/]: no such file (give the path to a YAML profile)"),
+    (["show", "trace[v2].jsonl"], "error: trace[v2].jsonl: no such file (give a JSONL file written by "
+                                  "`splitreason run --save`)"),
+    (["logs", "x", "-n", "-1"], None),
+])
+def test_user_text_is_never_read_as_markup(args: list[str], message: str | None, tmp_path: Path) -> None:
+    result = cli(*args, env={"SPLITREASON_HOME": str(tmp_path / "home")})
+    assert result.code == 2
+    assert "Traceback" not in result.err
+    if message is not None:
+        assert result.err.strip() == message
+
+
+def _saved(tmp_path: Path, lines: list[str]) -> Path:
+    file = tmp_path / "t.jsonl"
+    file.write_text("\n".join(lines) + "\n")
+    return file
+
+
+def _trace_line(**changes: object) -> str:
+    trace = Trace(question="Is [a, b] a [bold]pair[/bold]?", mode="splitreason", profile="demo",
+                  models={"small": "s", "big": "b"})
+    trace.segments = [Segment("small", "x [y] <bigmodel>", [1, 2]), Segment("big", "[big] z", [3])]
+    trace.wall_seconds = 1.0
+    data = trace.to_dict()
+    data.update(changes)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    (["[1, 2]"], "line 1: not a splitreason trace: a trace is a JSON object, this line holds a list"),
+    (['"hello"'], "line 1: not a splitreason trace: a trace is a JSON object, this line holds a str"),
+    (["{not json"], "line 1: not JSON (give a JSONL file written by `splitreason run --save`)"),
+    (["", _trace_line(version=7)], "line 2: not a splitreason trace: trace version 7 is not supported: splitreason "
+                                   f"{__version__} reads versions 1, 2 (use the splitreason that wrote it)"),
+    ([_trace_line(colour="red")], "line 1: not a splitreason trace: unknown field 'colour' (written by a newer "
+                                  f"splitreason? this is splitreason {__version__}, trace version 2)"),
+    ([_trace_line(wall_seconds="slow")], "line 1: not a splitreason trace: wall_seconds: Input should be a valid "
+                                         "number, unable to parse string as a number"),
+])
+def test_show_on_what_is_not_a_trace_is_one_line(tmp_path: Path, lines: list[str], message: str) -> None:
+    file = _saved(tmp_path, lines)
+    result = cli("show", str(file))
+    assert result.code == 2
+    assert result.err.strip() == f"error: {file}: {message}"
+
+
+def test_show_on_binary_data_is_one_line(tmp_path: Path) -> None:
+    file = tmp_path / "t.jsonl"
+    file.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    result = cli("show", str(file))
+    assert result.code == 2
+    assert result.err.strip() == f"error: {file}: not a text file (give a JSONL file written by `splitreason run --save`)"
+
+
+def test_show_keeps_brackets_in_questions_and_model_text(tmp_path: Path) -> None:
+    file = _saved(tmp_path, [_trace_line(), _trace_line()])
+    result = cli("show", str(file), env={"NO_COLOR": "1"})
+    assert result.code == 0, result.err
+    assert "Is [a, b] a [bold]pair[/bold]?" in result.err
+    assert "x [y] <bigmodel>[big][big] z[/big]" in result.out
+    shown = cli("show", str(file), "--json").json()
+    assert isinstance(shown, list) and len(shown) == 2  # one JSON shape: an array, whatever the count
+    one = cli("show", str(_saved(tmp_path, [_trace_line()])), "--json").json()
+    assert isinstance(one, list) and len(one) == 1
+
+
+def test_debug_variable_set_to_zero_keeps_tracebacks_off() -> None:
+    result = cli("stop", "nope", env={"SPLITREASON_DEBUG": "0"})
+    assert result.code == 2 and "Traceback" not in result.err
+    shown = cli("stop", "nope", env={"SPLITREASON_DEBUG": "1"})
+    assert shown.code != 0 and "Traceback" in shown.err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import DEMO_QUESTION, cli
 
-from splitcli import servers
+from splitcli import leases, servers
 from splitcli.profiles import load_profile
 from splitcli.session import run_question
 from splitcli.trace import Segment
@@ -55,9 +56,9 @@ def test_big_server_dying_mid_run_gives_one_line_and_keeps_the_partial_trace(tmp
     assert trace.segments[1].text == ""
     saved = tmp_path / "partial.jsonl"
     trace.append_jsonl(saved)
-    shown = cli("show", str(saved), "--json").json()
-    assert shown["error"] == trace.error  # type: ignore[index]
-    assert shown["segments"][0]["text"] == "First, 12 * 3 = 36. <bigmodel>"  # type: ignore[index]
+    (shown,) = cli("show", str(saved), "--json").json()  # type: ignore[misc]
+    assert shown["error"] == trace.error
+    assert shown["segments"][0]["text"] == "First, 12 * 3 = 36. <bigmodel>"
 
 
 def test_run_starts_a_missing_server_and_stops_it_afterwards() -> None:
@@ -68,6 +69,35 @@ def test_run_starts_a_missing_server_and_stops_it_afterwards() -> None:
     assert result.json()["stats"]["answer"] == "43"  # type: ignore[index]
     names = {row["name"] for row in cli("ps", "--json").json()}  # type: ignore[union-attr]
     assert names == {"demo-small"}
+
+
+def test_a_server_started_by_one_run_stays_up_while_another_command_uses_it() -> None:
+    # This test process plays an eval that uses demo-big: it holds a lease before the run starts it.
+    with leases.locked("demo-big"):
+        leases.acquire("demo-big")
+    try:
+        result = cli("run", DEMO_QUESTION, "--json", timeout=900)
+        assert result.code == 0, result.err
+        assert "starting demo-big (not running; stopped again afterwards unless --keep)" in result.err
+        assert f"left demo-big running: still used by pid {os.getpid()} (it stops after them)" in result.err
+        rows = {row["name"]: row for row in cli("ps", "--json").json()}  # type: ignore[union-attr]
+        assert rows["demo-big"]["status"] == "healthy" and rows["demo-big"]["temporary"] is True
+    finally:
+        released = servers.release(["demo-big"])  # the last user leaves: the temporary server stops
+    assert released.stopped == ["demo-big"]
+    assert {row["name"] for row in cli("ps", "--json").json()} == {"demo-small"}  # type: ignore[union-attr]
+
+
+def test_a_failed_start_stops_only_what_it_launched(tmp_path: Path) -> None:
+    small_pid = servers.find_record("demo-small").pid
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    result = cli("serve", "--set", f"big.model={not_a_model}", "--detach", timeout=600)
+    assert result.code == 2
+    assert result.err.splitlines()[0].startswith("error: server demo-big exited with code 1 while starting")
+    rows = {row["name"]: row for row in cli("ps", "--json").json()}  # type: ignore[union-attr]
+    assert set(rows) == {"demo-small"}  # reused, not launched here: untouched
+    assert rows["demo-small"]["pid"] == small_pid and rows["demo-small"]["status"] == "healthy"
 
 
 def test_stop_leaves_no_process() -> None:
@@ -104,7 +134,7 @@ def test_kill_gpus_after_sigkilled_foreground_serve_leaves_nothing_and_spares_ot
 
         dry = cli("kill-gpus", "--dry-run", "--json")
         assert dry.code == 0
-        assert [row["name"] for row in dry.json()["servers"]] == ["demo-small"]  # type: ignore[index]
+        assert [row["name"] for row in dry.json()["plan"]["servers"]] == ["demo-small"]  # type: ignore[index]
         assert _ours() == orphans  # a dry run ends nothing
 
         killed = cli("kill-gpus")

@@ -16,9 +16,24 @@ big: {model: b, port: 8000, gpus: [0], gpu_memory: 0.5}
 """
 
 BAD_CASES = {
-    "unknown key": (
+    "unknown key, close to a known one": (
         "small: {model: s, prot: 1}\nbig: {model: b, port: 9}",
-        "small.prot: unknown key (remove it or check its spelling; `splitreason profiles show demo` lists the keys)",
+        "small.prot: unknown key (did you mean 'port'?)",
+    ),
+    "unknown section, close to a known one": (
+        "smal: {model: s}\nbig: {model: b}", "smal: unknown key (did you mean 'small'?) [+1 more]"),
+    "unknown key, nothing close": (
+        "small: {model: s, port: 1}\nbig: {model: b}\nsampling: {zzz: 1}",
+        "sampling.zzz: unknown key (remove it or check its spelling; allowed here: temperature, top_p, max_tokens, seed)",
+    ),
+    "empty file": ("", "the profile is empty (write at least `small:` and `big:`, or `extends: demo`)"),
+    "unknown demo model": (
+        "small: {model: 'demo:medium', port: 1}\nbig: {model: b}",
+        "small.model: unknown demo model 'demo:medium' (use one of: demo:small, demo:big)",
+    ),
+    "endpoint with an invalid port": (
+        "small: {model: s, port: 1}\nbig: {model: b, endpoints: ['http://localhost:99999']}",
+        "big.endpoints: endpoint 'http://localhost:99999' has an invalid port (use 1-65535, e.g. http://host:8000)",
     ),
     "wrong type": (
         "small: {model: s, port: eighty}\nbig: {model: b}",
@@ -45,6 +60,15 @@ BAD_CASES = {
     "bad mode knob": (
         "small: {model: s, port: 1}\nbig: {model: b}\nmodes: {splitreason: {chunk: 0}}",
         "modes.splitreason.chunk: Input should be greater than or equal to 1 (fix the value)",
+    ),
+    "unknown mode knob": (
+        "small: {model: s, port: 1}\nbig: {model: b}\nmodes: {splitreason: {chunks: 8}}",
+        "modes.splitreason.chunks: unknown key (did you mean 'chunk'?)",
+    ),
+    "unknown mode knob, nothing close": (
+        "small: {model: s, port: 1}\nbig: {model: b}\nmodes: {random-switch: {zzz: 8}}",
+        "modes.random-switch.zzz: unknown key (remove it or check its spelling; allowed here: ratio, chunk, seed; "
+        "`splitreason modes` lists each mode's knobs)",
     ),
     "tensor parallel over GPUs": (
         "small: {model: s, port: 1}\nbig: {model: b, gpus: [0], tensor_parallel: 2}",
@@ -97,11 +121,79 @@ def test_extends_and_set_overrides(tmp_path: Path) -> None:
     assert profile.mode == "random-switch"
 
 
-def test_set_that_breaks_a_rule_names_the_key() -> None:
-    with pytest.raises(ProfileError, match=r"demo.yaml: big.port: port 8101 is also small.port"):
+def test_set_that_breaks_a_rule_names_the_set_argument() -> None:
+    with pytest.raises(ProfileError, match=r"^--set big.port=8101: big.port: port 8101 is also small.port"):
         load_profile("demo", ["big.port=8101"])
     with pytest.raises(ProfileError, match=r"--set big: expected KEY=VALUE"):
         load_profile("demo", ["big"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "nonexist=1"], "error: --set nonexist=1: nonexist: unknown key (remove it or check its spelling; "
+                              "allowed here: name, description, small, big, mode, modes, sampling, prompt, eval)"),
+    (["--set", "smal.port=1"], "error: --set smal.port=1: smal: unknown key (did you mean 'small'?)"),
+    (["--set", "modes.splitreason.chunk=0"],
+     "error: --set modes.splitreason.chunk=0: modes.splitreason.chunk: Input should be greater than or equal to 1 "
+     "(fix the value)"),
+    (["--set", "mode=fast"], "error: --set mode=fast: mode: unknown mode 'fast' (choose one of: big-only, random-switch, "
+                             "small-only, splitreason)"),
+])
+def test_a_bad_set_names_the_set_argument_not_the_file(args: list[str], message: str) -> None:
+    result = cli("profiles", "show", "demo", *args)
+    assert result.code == 2
+    assert result.err.strip() == message
+
+
+def test_env_values_yaml_reads_as_numbers_or_booleans_are_taken_as_text(tmp_path: Path) -> None:
+    file = tmp_path / "env.yaml"
+    file.write_text("extends: demo\nsmall: {env: {CUDA_LAUNCH_BLOCKING: 1, VLLM_FLAG: true, RATIO: 0.5, NAME: x}}\n")
+    assert load_profile(str(file)).small.env == {"CUDA_LAUNCH_BLOCKING": "1", "VLLM_FLAG": "1", "RATIO": "0.5", "NAME": "x"}
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\x00\x01\x02binary", "not a text file (a profile is a YAML file)"),
+    (b"small: {model: \xff\xfe}", "not a text file in UTF-8 (a profile is a YAML file)"),
+])
+def test_a_binary_or_non_utf8_profile_is_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    file = tmp_path / "bin.yaml"
+    file.write_bytes(content)
+    result = cli("profiles", "validate", str(file))
+    assert result.code == 2
+    assert result.err.strip() == f"error: {file}: {message}"
+
+
+def test_a_user_profile_may_extend_the_shipped_one_it_shadows(tmp_path: Path) -> None:
+    user_dir = tmp_path / "user"
+    user_dir.mkdir()
+    (user_dir / "demo.yml").write_text("extends: demo\ndescription: my demo\nsampling: {seed: 5}\n")
+    result = cli("profiles", "show", "demo", "--json", env={"SPLITREASON_PROFILES": str(user_dir)})
+    assert result.code == 0, result.err
+    shown = result.json()
+    assert shown["description"] == "my demo" and shown["sampling"]["seed"] == 5  # type: ignore[index]
+    assert shown["small"]["model"] == "demo:small"  # type: ignore[index]  # from the shipped demo
+
+
+def test_profiles_list_says_in_full_why_a_profile_is_invalid(tmp_path: Path) -> None:
+    user_dir = tmp_path / "user"
+    user_dir.mkdir()
+    (user_dir / "broken.yaml").write_text("extends: demo\nsampling: {temprature: 0.5}\n")
+    env = {"SPLITREASON_PROFILES": str(user_dir), "COLUMNS": "200"}
+    rows = {row["name"]: row for row in cli("profiles", "list", "--json", env=env).json()}  # type: ignore[union-attr]
+    message = f"{user_dir / 'broken.yaml'}: sampling.temprature: unknown key (did you mean 'temperature'?)"
+    assert rows["broken"]["error"] == message
+    table = cli("profiles", "list", env=env)
+    assert table.code == 0
+    assert f"broken is invalid: {message}" in table.out.splitlines()
+    # Model ids are shown whole (folded onto more lines when narrow), not cut to their last part.
+    assert "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B" in table.out
+
+
+def test_profiles_show_lists_every_modes_knobs_with_defaults() -> None:
+    shown = cli("profiles", "show", "demo", "--json", "--set", "modes.splitreason.chunk=16").json()
+    modes = shown["modes"]  # type: ignore[index]
+    assert modes["splitreason"] == {"chunk": 16, "probe_tokens": 8, "big_segment_cap": 512}
+    assert modes["random-switch"] == {"ratio": 9, "chunk": 32, "seed": None}
+    assert set(modes) >= {"big-only", "small-only"}
 
 
 def test_lookup_prefers_path_then_user_dir_then_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

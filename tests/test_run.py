@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_QUESTION, cli
+from conftest import DEMO_QUESTION, cli, cli_tty
 
 from splitcli import demo
 from splitcli.modes import Mode, register
@@ -57,11 +57,11 @@ def test_json_schema() -> None:
     trace = cli("run", DEMO_QUESTION, "--json").json()
     assert set(trace) >= {"version", "question", "mode", "profile", "models", "options", "sampling", "handoff",  # type: ignore[arg-type]
                           "segments", "calls", "wall_seconds", "error", "stats"}
-    assert trace["version"] == 1 and trace["mode"] == "splitreason"  # type: ignore[index]
+    assert trace["version"] == 2 and trace["mode"] == "splitreason"  # type: ignore[index]
     assert trace["options"] == {"chunk": 64, "probe_tokens": 8, "big_segment_cap": 512}  # type: ignore[index]
     segment = trace["segments"][0]  # type: ignore[index]
     assert set(segment) == {"model", "text", "token_ids", "start", "end", "first_token", "prompt_tokens",
-                            "cached_tokens", "finish_reason"}
+                            "cached_tokens", "finish_reason", "dropped_tokens", "kept", "branch"}
     assert all(isinstance(token, int) for token in segment["token_ids"])
     assert {call["kind"] for call in trace["calls"]} >= {"tokenize", "generate", "probe"}  # type: ignore[index]
     assert set(trace["stats"]) >= {"tokens", "offload_share", "handoffs", "seconds", "wall_seconds",  # type: ignore[index]
@@ -74,6 +74,44 @@ def test_probes_are_one_batched_request_per_chunk() -> None:
     big_chunks = [call for call in trace["calls"] if call["kind"] == "generate" and call["model"] == "big"]  # type: ignore[index]
     assert len(probes) == len(big_chunks) == 1
     assert probes[0]["prompts"] == big_chunks[0]["completion_tokens"]  # every prefix of the chunk
+
+
+def test_a_dumb_terminal_gets_the_big_model_markers() -> None:
+    result = cli_tty("run", DEMO_QUESTION, env={"TERM": "dumb"})
+    assert result.code == 0, result.err
+    assert "[big]Then 36 + 7 = 43. [/big]" in result.out  # model attribution survives without colour
+    assert "\x1b[" not in result.out
+
+
+def test_colour_on_a_terminal_and_no_markers() -> None:
+    result = cli_tty("run", DEMO_QUESTION, env={"TERM": "xterm-256color"})
+    assert result.code == 0, result.err
+    assert "\x1b[" in result.out and "[big]" not in result.out
+    assert "Then 36 + 7 = 43." in result.out
+
+
+def test_logs_shows_exactly_the_lines_asked_for() -> None:
+    assert cli("logs", "demo-small", "-n", "0").out == ""
+    assert len(cli("logs", "demo-small", "-n", "3").out.splitlines()) == 3
+    bad = cli("logs", "demo-small", "-n", "-1")
+    assert bad.code == 2 and "Invalid value for '--lines' / '-n'" in bad.err
+
+
+def test_an_endpoint_serving_another_name_is_one_line(tmp_path: Path) -> None:
+    # Servers someone else runs: the name must be one they serve (their /v1/models); the HF id will do.
+    profile = tmp_path / "external.yaml"
+    # name: demo, so that the small server is the running demo-small
+    profile.write_text("extends: demo\nname: demo\n"
+                       "big: {model: demo:big, served_name: big, endpoints: [http://127.0.0.1:8102]}\n")
+    result = cli("run", DEMO_QUESTION, "--profile", str(profile))
+    assert result.code == 2
+    assert result.err.strip().splitlines()[-1] == (
+        "error: big server http://127.0.0.1:8102 serves 'demo-big', not 'big' (set big.served_name to the name it serves)")
+    by_model = tmp_path / "by-model.yaml"
+    by_model.write_text("extends: demo\nname: demo\n"
+                        "big: {model: demo-big, served_name: big, endpoints: [http://127.0.0.1:8102]}\n")
+    trace = cli("run", DEMO_QUESTION, "--profile", str(by_model), "--json").json()
+    assert trace["served"]["big"]["name"] == "demo-big" and trace["stats"]["answer"] == "43"  # type: ignore[index]
 
 
 def test_plain_output_under_no_color() -> None:
@@ -117,7 +155,7 @@ def test_save_then_show(tmp_path: Path) -> None:
     assert ran.code == 0
     shown = cli("show", str(saved), "--json")
     assert shown.code == 0
-    assert shown.json()["segments"] == ran.json()["segments"]  # type: ignore[index]
+    assert shown.json()[0]["segments"] == ran.json()["segments"]  # type: ignore[index]
     plain = cli("show", str(saved), env={"NO_COLOR": "1"})
     assert "[big]Then 36 + 7 = 43. [/big]" in plain.out
 

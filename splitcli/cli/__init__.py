@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from splitcli import __version__
+from splitcli.cli.common import HELP_OPTIONS, Group
 
 app = typer.Typer(
     name="splitreason",
@@ -16,6 +17,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings=HELP_OPTIONS,
+    cls=Group,
 )
 
 
@@ -29,7 +32,10 @@ def _version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
 ) -> None:
-    """Run, inspect and serve small/big reasoning model pairs."""
+    """Run, inspect, evaluate and serve small/big reasoning model pairs.
+
+    Example: splitreason run "What is 12 * 3 + 7?"
+    """
 
 
 def _register() -> None:
@@ -40,6 +46,11 @@ def _register() -> None:
 
 
 _register()
+
+
+def debug() -> bool:
+    """SPLITREASON_DEBUG=1 (or true/yes) shows tracebacks; unset, empty, 0, false or no do not."""
+    return os.environ.get("SPLITREASON_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def main() -> None:
@@ -53,7 +64,14 @@ def main() -> None:
     try:
         app()  # standalone: click itself reports usage errors (exit 2) and Ctrl-C
     except SplitError as exc:
-        if os.environ.get("SPLITREASON_DEBUG"):
+        if debug():
             raise
         console.error(str(exc))
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        # A file the user named or the state dir could not be read or written: say which and why.
+        if debug() or exc.filename is None:
+            raise
+        console.error(f"{exc.filename}: {exc.strerror} (check the path and its permissions; "
+                      "SPLITREASON_HOME sets the state dir)")
+        sys.exit(2)

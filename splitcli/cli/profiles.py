@@ -1,4 +1,4 @@
-"""profiles list|show|validate and demo build|questions."""
+"""profiles list|show|validate, modes, and demo build|questions."""
 
 from __future__ import annotations
 
@@ -10,75 +10,114 @@ from typing import Annotated
 import typer
 import yaml
 from rich.table import Table
+from rich.text import Text
 
 from splitcli import console, demo
+from splitcli.cli.common import command, load, sub_app
 from splitcli.cli.options import JsonOpt, SetOpt
-from splitcli.profiles import _load_raw, available_profiles, find_profile, load_profile, validate
+from splitcli.errors import ProfileError, SplitError
+from splitcli.modes import check_profile, get_mode, knob_defaults
+from splitcli.profiles import available_profiles, find_profile, load_raw, validate
 
-profiles_app = typer.Typer(help="List, show and validate profiles.", no_args_is_help=True)
-demo_app = typer.Typer(help="The tiny built-in demonstration models.", no_args_is_help=True)
+profiles_app = sub_app("List, show and validate profiles.")
+demo_app = sub_app("The tiny built-in demonstration models.")
 
 SECRET = re.compile("TOKEN|KEY|SECRET|PASSWORD", re.IGNORECASE)
 TINY_NOTE = "These are tiny demonstration models: they only know the built-in questions."
 
 
-@profiles_app.command("list")
 def list_profiles(json_output: JsonOpt = False) -> None:
-    """Profiles the lookup finds (user profiles shadow shipped ones)."""
+    """Profiles the lookup finds (user profiles shadow shipped ones); invalid ones say why.
+
+    Example: splitreason profiles list
+    """
     rows = []
     for name, file in available_profiles().items():
         try:
-            prof = load_profile(str(file))
+            prof = load(str(file))
             rows.append({"name": name, "path": str(file), "mode": prof.mode, "small": prof.small.model,
                          "big": prof.big.model, "description": prof.description})
-        except Exception as exc:  # a broken user profile must not hide the others
+        except SplitError as exc:  # a broken user profile must not hide the others
             rows.append({"name": name, "path": str(file), "error": str(exc)})
     if json_output:
         console.print_json(rows)
         return
     table = Table()
-    table.add_column("name", no_wrap=True, min_width=10)
-    table.add_column("mode", no_wrap=True, min_width=11)
-    for column in ("small", "big"):
-        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=24)
-    table.add_column("description", no_wrap=True, overflow="ellipsis", max_width=36)
+    table.add_column("name", no_wrap=True)
+    table.add_column("mode", no_wrap=True)
+    for column in ("small", "big", "description"):
+        table.add_column(column, overflow="fold")
     for row in rows:
         if "error" in row:
-            table.add_row(row["name"], "[red]invalid[/red]", "", "", row["error"])
-        else:  # model ids shortened to their last part; --json has them whole
-            short = [row[role].rsplit("/", 1)[-1] for role in ("small", "big")]
-            table.add_row(row["name"], row["mode"], *short, row["description"])
+            table.add_row(Text(row["name"]), Text("invalid", "red"), Text("(see below)", "red"), "", "")
+        else:
+            table.add_row(Text(row["name"]), row["mode"], Text(row["small"]), Text(row["big"]), Text(row["description"]))
     console.out.print(table)
+    for row in rows:  # whole lines, so the reason is never cut or wrapped into a cell
+        if "error" in row:
+            console.say((f"{row['name']} is invalid:", "red"), f" {row['error']}", stream=console.out)
 
 
-@profiles_app.command("show")
-def show_profile(name: str, overrides: SetOpt = None, json_output: JsonOpt = False) -> None:
-    """The fully resolved profile (extends and --set applied, defaults filled in)."""
-    prof = load_profile(name, overrides)
+def show_profile(
+    name: Annotated[str, typer.Argument(help="Profile name or path to a YAML file.")],
+    overrides: SetOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """The fully resolved profile: extends and --set applied, defaults filled in, every mode's knobs.
+
+    Example: splitreason profiles show demo --set sampling.seed=7
+    """
+    prof = load(name, overrides)
     data = prof.model_dump(mode="json")
     for role in ("small", "big"):  # secrets in a server's environment are never printed
         data[role]["env"] = {key: ("***" if SECRET.search(key) else value) for key, value in data[role]["env"].items()}
+    # Every mode with its knobs, the profile's values over the defaults: what `modes.NAME.KNOB` can set.
+    data["modes"] = {mode: {**defaults, **prof.modes.get(mode, {})} for mode, defaults in knob_defaults().items()}
     if json_output:
         console.print_json(data)
     else:
-        console.err.print(f"[dim]# {find_profile(name)}[/dim]")
+        console.say((f"# {find_profile(name)}", "dim"))
         console.out.print(yaml.safe_dump(data, sort_keys=False), end="", highlight=False, markup=False)
 
 
-@profiles_app.command("validate")
-def validate_profile(path: Path) -> None:
-    """Check a profile file; one line naming the key and the fix when it is wrong."""
+def validate_profile(path: Annotated[Path, typer.Argument(help="A YAML profile to check.")]) -> None:
+    """Check a profile file; one line naming the key and the fix when it is wrong.
+
+    Example: splitreason profiles validate my-pair.yaml
+    """
     if not path.is_file():
-        from splitcli.errors import ProfileError
-
         raise ProfileError(f"{path}: no such file (give the path to a YAML profile)")
-    validate(_load_raw(path), path, path.stem)
-    console.err.print(f"[green]ok[/green] {path}")
+    check_profile(validate(load_raw(path), path, path.stem))
+    console.say(("ok", "green"), f" {path}")
 
 
-@demo_app.command("build")
-def build_demo(force: Annotated[bool, typer.Option(help="Rebuild even if built.")] = False) -> None:
-    """Train the tiny demo small/big models on CPU (seconds)."""
+def list_modes(json_output: JsonOpt = False) -> None:
+    """Every mode with what it does and its knobs (set them with --set modes.MODE.KNOB=VALUE).
+
+    Example: splitreason modes
+    """
+    rows = []
+    for name, knobs in knob_defaults().items():
+        mode = get_mode(name)
+        descriptions = {key: field.description or "" for key, field in mode.Options.model_fields.items()}
+        rows.append({"name": name, "summary": mode.summary, "models": list(mode.roles),
+                     "knobs": [{"name": key, "default": value, "description": descriptions[key]}
+                               for key, value in knobs.items()]})
+    if json_output:
+        console.print_json(rows)
+        return
+    table = Table("mode", "what it does", "knobs (default)")
+    for row in rows:
+        knobs = "\n".join(f"{k['name']}={k['default']}  {k['description']}".rstrip() for k in row["knobs"]) or "-"
+        table.add_row(row["name"], Text(row["summary"]), Text(knobs))
+    console.out.print(table)
+
+
+def build_demo(force: Annotated[bool, typer.Option("--force", help="Rebuild even if built.")] = False) -> None:
+    """Train the tiny demo models (small, big, annotator) on CPU (seconds).
+
+    Example: splitreason demo build --force
+    """
     console.info(TINY_NOTE)
     if demo.is_built() and not force:
         console.info(f"already built in {demo.demo_root()} (use --force to rebuild)")
@@ -86,12 +125,14 @@ def build_demo(force: Annotated[bool, typer.Option(help="Rebuild even if built."
     started = time.monotonic()
     with console.err.status("training the tiny demo models"):
         target = demo.build()
-    console.err.print(f"[green]built[/green] {target} in {time.monotonic() - started:.1f}s")
+    console.say(("built", "green"), f" {target} in {time.monotonic() - started:.1f}s")
 
 
-@demo_app.command("questions")
 def demo_questions(json_output: JsonOpt = False) -> None:
-    """The built-in questions the demo models know, with their expected answers."""
+    """The built-in questions the demo models know, with their expected answers.
+
+    Example: splitreason demo questions --json
+    """
     items = demo.questions()
     if json_output:
         console.print_json(items)
@@ -99,10 +140,16 @@ def demo_questions(json_output: JsonOpt = False) -> None:
     console.info(TINY_NOTE)
     table = Table("question", "answer")
     for item in items:
-        table.add_row(item["question"], item["answer"])
+        table.add_row(Text(item["question"]), Text(item["answer"]))
     console.out.print(table)
 
 
 def register(app: typer.Typer) -> None:
+    command(profiles_app, list_profiles, "list")
+    command(profiles_app, show_profile, "show")
+    command(profiles_app, validate_profile, "validate")
+    command(demo_app, build_demo, "build")
+    command(demo_app, demo_questions, "questions")
+    command(app, list_modes, "modes")
     app.add_typer(profiles_app, name="profiles")
     app.add_typer(demo_app, name="demo")

@@ -8,13 +8,14 @@ from typing import Annotated
 
 import typer
 
-from splitcli import console, demo, render, servers
+from splitcli import console, render
+from splitcli.cli.common import command, load, servers_in_use
 from splitcli.cli.options import JsonOpt, ModeOpt, ProfileOpt, SetOpt
 from splitcli.errors import EngineError, UsageError
 from splitcli.modes import get_mode
-from splitcli.profiles import Profile, load_profile
+from splitcli.profiles import DEMO_PREFIX, Profile
 from splitcli.session import run_question
-from splitcli.trace import Model, Trace, load_jsonl
+from splitcli.trace import Trace, load_jsonl
 
 EMPTY_QUESTION = 'the question is empty (pass its text, e.g. splitreason run "What is 2 + 2?")'
 
@@ -29,18 +30,20 @@ def run(
     no_stream: Annotated[bool, typer.Option("--no-stream", help="Draw the trace only when it is done.")] = False,
     keep: Annotated[bool, typer.Option("--keep", help="Leave servers this command started running.")] = False,
 ) -> None:
-    """Solve one question with the profile's model pair, streaming the reasoning."""
+    """Solve one question with the profile's model pair, streaming the reasoning.
+
+    Example: splitreason run "What is 12 * 3 + 7?" --mode random-switch --save runs.jsonl
+    """
     if not question.strip():
         raise UsageError(EMPTY_QUESTION)
-    prof = load_profile(profile, overrides)
+    prof = load(profile, overrides)
     mode_name = mode or prof.mode
     roles = get_mode(mode_name).roles
-    if any(prof.spec(role).model.startswith(demo.DEMO_PREFIX) for role in roles):
+    if any(prof.spec(role).model.startswith(DEMO_PREFIX) for role in roles):
         console.info("demo profile: tiny demonstration models that know only `splitreason demo questions`")
-    started = _ensure_servers(prof, roles)
-    live = not (json_output or no_stream or console.plain_output())
-    plain = None if (json_output or no_stream or live) else render.PlainStream()
-    try:
+    with servers_in_use(prof, roles, keep):
+        live = not (json_output or no_stream or console.plain_output())
+        plain = None if (json_output or no_stream or live) else render.PlainStream()
         if live:
             trace = _run_live(render.LiveView(console.out), prof, question, mode_name)
         else:
@@ -50,30 +53,9 @@ def run(
             trace.append_jsonl(save)
             console.info(f"trace appended to {save}")
         _present(trace, json_output, plain)
-    finally:
-        if started and not keep:
-            for record in started:
-                servers.stop(record, quiet=True)
-            console.info(f"stopped {', '.join(r.name for r in started)} (use --keep to leave them running)")
     if trace.error:
         kept = f"; the partial trace was saved to {save}" if save else "; --save FILE keeps the partial trace"
         raise EngineError(trace.error + kept)
-
-
-def _ensure_servers(prof: Profile, roles: tuple[Model, ...]) -> list[servers.ServerRecord]:
-    """Start the servers the mode needs unless they already run; returns those started here."""
-    missing = []
-    for role in roles:
-        record = servers.ServerRecord.load(servers.server_name(prof, role))
-        if prof.spec(role).launched and (record is None or servers.status(record) != "healthy"):
-            missing.append(role)
-    if not missing:
-        return []
-    names = ", ".join(servers.server_name(prof, role) for role in missing)
-    console.info(f"starting {names} (not running; stopped again afterwards unless --keep)")
-    with console.err.status("starting servers") as spinner:
-        result = servers.ensure_servers(prof, tuple(missing), on_tick=lambda text: spinner.update(text))
-    return [record for record in result.records if record.name in result.started]
 
 
 def _run_live(view: render.LiveView, prof: Profile, question: str, mode_name: str) -> Trace:
@@ -97,18 +79,23 @@ def show(
     file: Annotated[Path, typer.Argument(help="JSONL file written by `run --save`.")],
     json_output: JsonOpt = False,
 ) -> None:
-    """Draw saved traces again (the same view as at the end of a run)."""
+    """Draw saved traces again (the same view as at the end of a run).
+
+    --json prints a JSON array with one object per trace, always (also for one trace).
+
+    Example: splitreason show runs.jsonl
+    """
     traces = list(load_jsonl(file))
     if not traces:
         raise UsageError(f"{file}: no traces in the file")
     if json_output:
-        console.print_json([trace.to_dict() for trace in traces] if len(traces) > 1 else traces[0].to_dict())
+        console.print_json([trace.to_dict() for trace in traces])
         return
     for trace in traces:
-        console.err.print(f"[dim]{trace.mode} · {trace.profile} · {trace.question}[/dim]")
+        console.say((f"{trace.mode} · {trace.profile} · {trace.question}", "dim"))
         _present(trace, False, None)
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(run)
-    app.command()(show)
+    command(app, run)
+    command(app, show)

@@ -10,11 +10,13 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from splitcli import console, gpus, servers
+from splitcli.cli.common import command, load
 from splitcli.cli.options import JsonOpt, ProfileOpt, SetOpt
 from splitcli.errors import ServerError, UsageError
-from splitcli.profiles import ROLES, load_profile
+from splitcli.profiles import ROLES
 
 
 def _uptime(seconds: float) -> str:
@@ -29,12 +31,15 @@ def _raise_on_sigterm(*_: object) -> None:
 
 def serve(
     profile: ProfileOpt = "demo",
-    only: Annotated[str | None, typer.Option(help="Start only the small or the big server.")] = None,
+    only: Annotated[str | None, typer.Option(metavar="small|big", help="Start only the small or the big server.")] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once ready; servers keep running.")] = False,
     overrides: SetOpt = None,
 ) -> None:
-    """Start the profile's vLLM servers and wait until they answer."""
-    prof = load_profile(profile, overrides)
+    """Start the profile's vLLM servers and wait until they answer.
+
+    Example: splitreason serve --profile demo --detach
+    """
+    prof = load(profile, overrides)
     if only not in (None, *ROLES):
         raise UsageError(f"--only {only}: choose small or big")
     roles = tuple(role for role in ROLES if only in (None, role))
@@ -46,12 +51,12 @@ def serve(
     for name in result.reused:
         console.info(f"reusing {name} (already running and healthy)")
     for record in result.records:
-        console.err.print(f"[green]ready[/green] {record.name}: {record.served_name} at {record.url} (pid {record.pid})")
+        console.say(("ready", "green"), f" {record.name}: {record.served_name} at {record.url} (pid {record.pid})")
     if result.started:
         console.info(f"ready after {time.monotonic() - started:.1f}s; logs: `splitreason logs NAME`")
     if detach:
         return
-    console.err.print("[dim]serving in the foreground; Ctrl-C stops what this command started[/dim]")
+    console.say(("serving in the foreground; Ctrl-C stops what this command started", "dim"))
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     mine = [record for record in result.records if record.name in result.started]
     try:
@@ -61,14 +66,17 @@ def serve(
                     raise ServerError(f"server {record.name} died (see `splitreason logs {record.name}`)")
             time.sleep(1.0)
     except KeyboardInterrupt:
-        console.err.print("stopping")
+        console.say("stopping")
     finally:
         for record in mine:
             servers.stop(record, quiet=True)
 
 
 def ps(json_output: JsonOpt = False) -> None:
-    """List our servers: model, port, pid, GPUs, health, uptime, GPU memory."""
+    """List our servers: model, port, pid, GPUs, health, uptime, GPU memory.
+
+    Example: splitreason ps --json
+    """
     rows = []
     for record in servers.all_records():
         held = gpus.memory_by_pid({p.pid for p in record.processes()}) if record.gpus and gpus.available() else {}
@@ -77,6 +85,7 @@ def ps(json_output: JsonOpt = False) -> None:
             "port": record.port, "pid": record.pid, "gpus": record.gpus, "status": servers.status(record),
             "uptime_s": round(time.time() - record.started_at, 1), "profile": record.profile,
             "gpu_memory_mib": {str(gpu): round(mib) for gpu, mib in held.items()}, "log": record.log_path,
+            "temporary": record.temporary,
         })
     if json_output:
         console.print_json(rows)
@@ -87,10 +96,9 @@ def ps(json_output: JsonOpt = False) -> None:
     table = Table("name", "model", "port", "pid", "GPUs", "status", "uptime", "GPU memory")
     colors = {"healthy": "green", "starting": "yellow"}
     for row in rows:
-        color = colors.get(row["status"], "red")
         memory = ", ".join(f"{gpu}: {mib / 1024:.1f} GiB" for gpu, mib in row["gpu_memory_mib"].items()) or "-"
-        table.add_row(row["name"], row["model"], str(row["port"]), str(row["pid"]),
-                      ",".join(map(str, row["gpus"])) or "cpu", f"[{color}]{row['status']}[/{color}]",
+        table.add_row(Text(row["name"]), Text(row["model"]), str(row["port"]), str(row["pid"]),
+                      ",".join(map(str, row["gpus"])) or "cpu", Text(row["status"], colors.get(row["status"], "red")),
                       _uptime(row["uptime_s"]), memory)
     console.out.print(table)
 
@@ -99,7 +107,10 @@ def stop(
     name: Annotated[str | None, typer.Argument(help="Server name (see `splitreason ps`).")] = None,
     all_servers: Annotated[bool, typer.Option("--all", help="Stop every splitreason server.")] = False,
 ) -> None:
-    """Stop servers: process group, engine core and workers, then check that nothing is left."""
+    """Stop servers: process group, engine core and workers, then check that nothing is left.
+
+    Example: splitreason stop demo-big   (or: splitreason stop --all)
+    """
     if (name is None) == (not all_servers):
         raise UsageError("name one server or pass --all (see `splitreason ps`)")
     records = servers.all_records() if all_servers else [servers.find_record(name or "")]
@@ -110,20 +121,24 @@ def stop(
         line = f"stopped {record.name} ({result.ended} process{'es' if result.ended != 1 else ''})"
         if result.gpu_left_mib:
             line += "; GPU memory still held: " + ", ".join(f"GPU {g}: {m:.0f} MiB" for g, m in result.gpu_left_mib.items())
-        console.err.print(line)
+        console.say(line)
 
 
 def logs(
     name: Annotated[str, typer.Argument(help="Server name (see `splitreason ps`).")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
-    lines: Annotated[int, typer.Option("--lines", "-n", help="How many last lines to show.")] = 50,
+    lines: Annotated[int, typer.Option("--lines", "-n", min=0, metavar="N", help="How many last lines to show.")] = 50,
 ) -> None:
-    """Show a server's log."""
+    """Show a server's log.
+
+    Example: splitreason logs demo-big -f
+    """
     record = servers.find_record(name)
     path = Path(record.log_path)
     if not path.is_file():
         raise ServerError(f"log of {name} is missing ({path})")
-    for line in path.read_text(errors="replace").splitlines()[-lines:]:
+    text = path.read_text(errors="replace").splitlines()
+    for line in text[len(text) - lines:] if lines else []:
         sys.stdout.write(line + "\n")
     if follow:
         try:
@@ -138,42 +153,48 @@ def _parse_gpus(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        indices = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise UsageError(f"--gpus {text}: expected GPU indices like 0,1") from None
+        indices = []
+    if not indices or any(index < 0 for index in indices):
+        raise UsageError(f"--gpus {text}: expected GPU indices like 0,1")
+    return indices
 
 
 def kill_gpus(
-    gpu_list: Annotated[str | None, typer.Option("--gpus", help="Only these GPUs, e.g. 0,1 (default: all).")] = None,
+    gpu_list: Annotated[str | None, typer.Option("--gpus", metavar="0,1", help="Only these GPUs (default: all).")] = None,
     everything: Annotated[bool, typer.Option("--all", help="Also end processes splitreason did not start.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be ended; end nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before ending other processes.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
-    """End what splitreason started (and its orphans); with --all, also others' GPU processes."""
+    """End what splitreason started (and its orphans); with --all, also others' GPU processes.
+
+    --json prints one object: {dry_run, plan: {gpus, nvml, servers, orphans, foreign}, ended, survived,
+    gpus, gpu_check}; a dry run ends nothing, so `ended` is empty there.
+
+    Example: splitreason kill-gpus --gpus 0 --dry-run
+    """
     from splitcli import cleanup
 
     plan = cleanup.plan(_parse_gpus(gpu_list), everything)
-    if json_output and dry_run:
-        console.print_json(plan.as_dict())
-        return
-    cleanup.render_plan(plan, everything)
+    if not json_output:
+        cleanup.render_plan(plan, everything)
     if dry_run:
-        return
-    if plan.foreign and not yes:
-        if not sys.stdin.isatty():
-            raise UsageError("--all would end processes splitreason did not start; confirm with --yes")
-        typer.confirm(f"End these {len(plan.foreign)} other process(es)?", abort=True)
-    report = cleanup.execute(plan)
-    if json_output:
-        console.print_json(report)
+        report = cleanup.empty_report("not run (dry run)")
     else:
+        if plan.foreign and not yes:
+            if not sys.stdin.isatty():
+                raise UsageError("--all would end processes splitreason did not start; confirm with --yes")
+            typer.confirm(f"End these {len(plan.foreign)} other process(es)?", abort=True)
+        report = cleanup.execute(plan)
+    if json_output:
+        console.print_json({"dry_run": dry_run, "plan": plan.as_dict(), **report})
+    elif not dry_run:
         cleanup.render_report(report)
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(serve)
-    app.command()(ps)
-    app.command()(stop)
-    app.command()(logs)
-    app.command("kill-gpus")(kill_gpus)
+    for function in (serve, ps, stop, logs):
+        command(app, function)
+    command(app, kill_gpus, "kill-gpus")

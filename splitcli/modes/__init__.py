@@ -10,9 +10,10 @@ import pkgutil
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from splitcli.errors import UsageError
+from splitcli.profiles import Profile, describe_error, first_error, format_loc
 
 if TYPE_CHECKING:
     from splitcli.session import Session
@@ -75,6 +76,34 @@ def get_mode(name: str) -> type[Mode]:
     return _REGISTRY[name]
 
 
-def options_for(name: str, knobs: dict[str, object] | None) -> ModeOptions:
-    """Validate a mode's knobs (raises pydantic's ValidationError on bad ones)."""
-    return get_mode(name).Options.model_validate(knobs or {})
+def mode_options(profile: Profile, name: str) -> ModeOptions:
+    """A mode's knobs from the profile (`modes.NAME`), validated; a bad knob is one ProfileError line
+    naming the file or --set argument it came from."""
+    if name not in mode_names():
+        raise profile.problem("mode", f"unknown mode {name!r} (choose one of: {', '.join(mode_names())})")
+    options_class = get_mode(name).Options
+    try:
+        return options_class.model_validate(profile.modes.get(name) or {})
+    except ValidationError as exc:
+        first = first_error(exc)
+        message = describe_error(first, options_class)
+        if first["type"] == "extra_forbidden" and "did you mean" not in message:
+            message = message[:-1] + "; `splitreason modes` lists each mode's knobs)"
+        raise profile.problem(f"modes.{name}.{format_loc(first['loc'])}", message) from None
+
+
+def check_profile(profile: Profile) -> Profile:
+    """The profile's mode and every mode section it configures exist and have valid knobs."""
+    known = mode_names()
+    if profile.mode not in known:
+        raise profile.problem("mode", f"unknown mode {profile.mode!r} (choose one of: {', '.join(known)})")
+    for name in profile.modes:
+        if name not in known:
+            raise profile.problem(f"modes.{name}", f"unknown mode {name!r} (choose one of: {', '.join(known)})")
+        mode_options(profile, name)
+    return profile
+
+
+def knob_defaults() -> dict[str, dict[str, object]]:
+    """Every mode's knobs with their defaults (for `profiles show` and `splitreason modes`)."""
+    return {name: get_mode(name).Options().model_dump() for name in mode_names()}

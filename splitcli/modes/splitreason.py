@@ -2,18 +2,18 @@
 
 The big model writes in chunks; after each chunk the small model is probed, in one batched request,
 on every prefix of the chunk, and the first prefix after which it would write the closing tag ends
-the big segment there. Fixes the original's bugs: its probes were scanned reversed but indexed
-forward (so the cut landed in the wrong place) and its EOS branch appended the last segment twice.
+the big segment there (the rule is the Session's CutFinder: a property of the text, the same for any
+chunk size). Fixes the original's bugs: its probes were scanned reversed but indexed forward (so the
+cut landed in the wrong place) and its EOS branch appended the last segment twice.
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from splitcli.engine import Completion
 from splitcli.modes import Mode, ModeOptions, register
-from splitcli.session import Session
-from splitcli.trace import Segment, Trace
+from splitcli.session import CutFinder, Session
+from splitcli.trace import Trace
 
 
 class SplitReasonOptions(ModeOptions):
@@ -31,9 +31,9 @@ class SplitReason(Mode):
     options: SplitReasonOptions
 
     async def run(self, session: Session, trace: Trace) -> None:
-        while session.room() > 0:
+        while True:  # the small model always writes after a big segment, if only the closing tag
             _, result = await session.write("small", session.room(), stop=[session.tags.open_tag])
-            if result.finish_reason != "stop" or result.stop_reason != session.tags.open_tag:
+            if not (result.stopped_on_string and result.stop_reason == session.tags.open_tag):
                 return  # EOS or budget: the answer is complete
             if await self._big_segment(session):
                 return
@@ -41,54 +41,33 @@ class SplitReason(Mode):
     async def _big_segment(self, session: Session) -> bool:
         """Let the big model write until the small model would close the tag; True when the text ended."""
         segment = await session.open("big")
+        finder = CutFinder()
         written = 0
+        reserve = len(session.close_ids)  # room for the closing tag stays in the budget
         while True:
-            size = min(self.options.chunk, self.options.big_segment_cap - written, session.room())
+            size = min(self.options.chunk, self.options.big_segment_cap - written, session.room() - reserve)
             if size <= 0:
                 break
+            if finder.pending is not None:
+                size = 1  # one more token decides a pending cut
             draft = await session.draft("big", segment, size)
-            cut = await self._first_close(session, draft)
-            kept = len(draft.token_ids) if cut is None else cut[0]
-            await session.keep("big", segment, draft, kept)
-            written += kept
+            cut = finder.feed(await session.probe_close(draft, 0, len(draft.token_ids), self.options.probe_tokens))
             if cut is not None:
-                return self._hand_back(session, segment, "handback", cut[1])
+                await session.keep("big", segment, draft, cut.index - written)
+                return await session.hand_back(segment, "handback", cut.lead)
+            await session.keep("big", segment, draft, len(draft.token_ids))
+            written += len(draft.token_ids)
             if draft.ended_with_eos:
                 session.close(segment, "eos")
                 return True
             if not draft.token_ids:
                 break
-        if session.room() <= 0:
+        pending = finder.finish()
+        if pending is not None:  # the small model would close right after the last token
+            return await session.hand_back(segment, "handback", pending.lead)
+        if written >= self.options.big_segment_cap:
+            return await session.hand_back(segment, "cap")  # </bigmodel> is forced
+        if session.room() - reserve <= 0:
             session.close(segment, "length")
             return True
-        return self._hand_back(session, segment, "cap")  # cap reached: </bigmodel> is forced
-
-    def _hand_back(self, session: Session, segment: Segment, reason: str, lead: str = "") -> bool:
-        session.close(segment, reason)
-        session.queue_prefix("small", session.close_ids, session.tags.close_tag, lead)
-        return False
-
-    async def _first_close(self, session: Session, draft: Completion) -> tuple[int, str] | None:
-        """Smallest i such that after chunk[:i] the small model writes the closing tag, with any
-        whitespace it writes first; a probe that starts with the tag itself wins over one that
-        needs whitespace the big model did not write."""
-        chunk_ids = draft.token_ids
-        if not chunk_ids:
-            return None
-        base = await session.context("small")
-        if session.shared_tokenizer:
-            prompts: list[list[int] | str] = [base + chunk_ids[:i] for i in range(1, len(chunk_ids) + 1)]
-        else:
-            texts = await session.prefix_texts("big", draft)
-            base_text = session.contexts["small"].text
-            prompts = [base_text + text for text in texts]
-        probes = await session.probe("small", prompts, self.options.probe_tokens)
-        marker = session.tags.close_tag[:5]  # "</big": the small model starts closing
-        lenient = None
-        for index, probe in enumerate(probes, start=1):
-            if probe.text.startswith(marker):
-                return index, ""
-            stripped = probe.text.lstrip()
-            if lenient is None and stripped.startswith(marker):
-                lenient = index, probe.text[: len(probe.text) - len(stripped)]
-        return lenient
+        return await session.hand_back(segment, "context")  # the big model's context is full

@@ -1,0 +1,88 @@
+"""What several commands do the same way: load a checked profile, hold servers while working."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from splitcli import console, servers
+from splitcli.modes import check_profile
+from splitcli.profiles import Profile, Role, load_profile
+
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
+
+def load(name: str, overrides: list[str] | None = None) -> Profile:
+    """A profile with its structure, mode and mode knobs checked."""
+    return check_profile(load_profile(name, overrides))
+
+
+@contextlib.contextmanager
+def servers_in_use(profile: Profile, roles: tuple[Role, ...], keep: bool = False) -> Iterator[servers.ServerUse]:
+    """The servers `roles` need, started if missing, kept from being stopped by other commands while
+    this one runs; afterwards the ones started here stop unless `keep` or another command uses them."""
+    with servers.ServerUse(profile, roles, keep) as use:
+        missing = servers.not_running(profile, roles)
+        if missing:
+            after = "they keep running (--keep)" if keep else "stopped again afterwards unless --keep"
+            console.info(f"starting {', '.join(missing)} (not running; {after})")
+            with console.err.status("starting servers") as spinner:
+                use.start(on_tick=spinner.update)
+        else:
+            use.start()
+        yield use
+    released = use.released
+    if released is not None and released.stopped:
+        console.info(f"stopped {', '.join(released.stopped)} (use --keep to leave them running)")
+    if released is not None:
+        for name, pids in released.still_used.items():
+            console.info(f"left {name} running: still used by pid {', '.join(map(str, pids))} (it stops after them)")
+
+
+# ---------------------------------------------------------------- help that reads well
+
+# Typer shows parameter types as <str>, <bool>, <list[str]>: words users know read better.
+TYPE_WORDS = {"<str>": "TEXT", "<int>": "INTEGER", "<float>": "NUMBER", "<path>": "PATH", "<list[str]>": "TEXT",
+              "<int range>": "INTEGER", "<float range>": "NUMBER"}
+
+
+def _readable_types(params: list[Any], ctx: Any) -> None:
+    for param in params:
+        if getattr(param, "is_flag", False) or getattr(param, "is_bool_flag", False):
+            word = ""
+        elif param.metavar and param.param_type_name == "option":
+            word = param.metavar
+        else:
+            shown = param.display_type_rich(ctx)
+            word = TYPE_WORDS.get(shown or "", (shown or "").strip("<>"))
+        param.display_type_rich = lambda ctx, word=word: word
+
+
+class Command(TyperCommand):
+    """A Typer command whose help shows value types as words, and nothing for on/off flags."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _readable_types(self.get_params(ctx), ctx)
+        super().format_help(ctx, formatter)
+
+
+class Group(TyperGroup):
+    """The same for a group of commands (the root app, `profiles`, `demo`)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _readable_types(self.get_params(ctx), ctx)
+        super().format_help(ctx, formatter)
+
+
+def command(app: typer.Typer, function: Callable[..., None], name: str | None = None) -> None:
+    """Register a command function on `app` with the readable help."""
+    app.command(name, cls=Command)(function)
+
+
+def sub_app(help_text: str) -> typer.Typer:
+    """A group of subcommands (`profiles`, `demo`, `eval`, ...) with the same help conventions."""
+    return typer.Typer(help=help_text, no_args_is_help=True, context_settings=HELP_OPTIONS, cls=Group)
