@@ -69,10 +69,14 @@ def plan(gpu_filter: list[int] | None, include_foreign: bool) -> KillPlan:
     wanted = set(gpu_filter) if gpu_filter is not None else None
     records = servers.all_records()
     result.ours = [r for r in records if wanted is None or wanted & set(r.gpus)]
-    known_markers = {r.marker for r in records}
-    for proc in servers.marked_processes():  # launched from this state dir only
-        if servers.marker_of(proc) not in known_markers and (wanted is None or wanted & _visible_gpus(proc)):
-            result.orphans.append(proc)
+    recorded = {proc.pid for record in records for proc in record.processes()}
+    for members in servers.our_processes().values():  # launched from this state dir only
+        # Engine cores and workers rename themselves, which hides their environment: a session's
+        # GPUs are those its marked members show.
+        visible = set().union(*(_visible_gpus(proc) for proc in members))
+        for proc in members:
+            if proc.pid not in recorded and (wanted is None or wanted & visible):
+                result.orphans.append(proc)
     if include_foreign and result.nvml:
         ours_pids = {os.getpid()} | {p.pid for p in result.orphans}
         for record in result.ours:

@@ -1,9 +1,12 @@
 """Managed vLLM servers: launch in their own process session, wait for readiness, record, stop cleanly.
 
-Every process we launch carries SPLITREASON_SERVER=<marker> and SPLITREASON_SERVER_HOME=<state dir>
-in its environment, which its children (vLLM's engine core and workers) inherit; that is how their
-orphans are found even after the API server was SIGKILLed and nobody recorded them, and how a
-process is known to belong to this state dir and not to another user's or another test run's.
+Every server starts in a process session of its own and carries SPLITREASON_SERVER=<marker> and
+SPLITREASON_SERVER_HOME=<state dir> in its environment. vLLM's engine core and workers stay in that
+session, but they rename themselves (VLLM::EngineCore) with setproctitle, which overwrites what
+/proc shows of their environment: so a server's processes are its recorded ones, those carrying its
+marker, and the members of its session (whose id the kernel does not reuse while any member lives).
+That is how the orphans of a SIGKILLed API server are found, and how a process is known to belong
+to this state dir and not to another user's or another test run's.
 """
 
 from __future__ import annotations
@@ -118,6 +121,8 @@ class ServerRecord:
                 found[pid] = proc
         for proc in marked_processes(self.marker):
             found[proc.pid] = proc
+        for proc in session_members(self.pgid, self.create_time):
+            found[proc.pid] = proc
         return [proc for proc in found.values() if _alive(proc)]
 
 
@@ -169,11 +174,38 @@ def marked_processes(marker: str | None = None) -> list[psutil.Process]:
     return found
 
 
-def marker_of(proc: psutil.Process) -> str | None:
-    try:
-        return proc.environ().get(MARKER_ENV)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-        return None
+def session_members(sid: int, since: float) -> list[psutil.Process]:
+    """Live processes of the session `sid` started at or after `since` whose environment is ours or was
+    overwritten by setproctitle (a readable environment without our marker is someone else's)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(proc.pid) != sid or proc.create_time() < since - 0.05:
+                continue
+            env = proc.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, ProcessLookupError, PermissionError):
+            continue
+        if (not env or MARKER_ENV in env) and _alive(proc):
+            found.append(proc)
+    return found
+
+
+def our_processes() -> dict[int, list[psutil.Process]]:
+    """Every live process launched from this state dir, by session id: the marked ones and the other
+    members of their sessions and of the recorded servers' sessions."""
+    sessions: dict[int, dict[int, psutil.Process]] = {}
+    for proc in marked_processes():
+        try:
+            sessions.setdefault(os.getsid(proc.pid), {})[proc.pid] = proc
+        except (ProcessLookupError, PermissionError):
+            continue
+    starts = {sid: min(p.create_time() for p in procs.values()) for sid, procs in sessions.items()}
+    for record in all_records():
+        starts[record.pgid] = min(starts.get(record.pgid, record.create_time), record.create_time)
+    for sid, since in starts.items():
+        for member in session_members(sid, since):
+            sessions.setdefault(sid, {})[member.pid] = member
+    return {sid: list(procs.values()) for sid, procs in sessions.items()}
 
 
 # ---------------------------------------------------------------- health
