@@ -30,3 +30,8 @@ class StateError(SplitError):
 class DataError(SplitError):
     """A data set or a run folder cannot be read or does not fit (eval, gendata)."""
 
+
+class SampleErrors(SplitError):
+    """Some samples of a run failed in the engine (not wrong answers); the run can be resumed."""
+
+    exit_code = 1

@@ -142,6 +142,7 @@ class EvalSection(_Strict):
     limit: int | None = Field(None, ge=1, description="first K problems only")
     concurrency: int = Field(8, ge=1, description="samples in flight at once")
     seed: int = Field(0, description="run seed: each sample's seed comes from it, the problem id and its index")
+    revision: str | None = Field(None, description="dataset commit to load (default: the task's, else the hub's current)")
 
 
 class Profile(_Strict):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from typing import Any
 
 from rich.console import Console, Group
@@ -12,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from splitcli.console import BIG_STYLE, SMALL_STYLE, TAG_STYLE
+from splitcli.console import err as err_console
 from splitcli.trace import Segment, Trace
 
 STYLES = {"small": SMALL_STYLE, "big": BIG_STYLE}
@@ -158,3 +160,107 @@ class LiveView:
 
     def __exit__(self, *exc: object) -> None:
         self.live.__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------- eval
+
+
+class EvalProgress:
+    """Progress of an eval: a rich bar on a terminal (done/total, running pass@1, mean offload,
+    samples/s, ETA); plain lines every few seconds otherwise. Both on stderr."""
+
+    def __init__(self, total: int, done: int, graded: list[dict[str, Any]], every: float = 10.0) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.total, self.done = total, done
+        self.correct = sum(1 for r in graded if r.get("correct"))
+        self.graded = len(graded)
+        self.offload = sum(r["trace"]["stats"]["offload_share"] for r in graded)
+        self.errored = 0
+        self.started = time.monotonic()
+        self.fresh = 0
+        self.every, self.last_line = every, 0.0
+        self.live = err_console.is_terminal
+        self.bar = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                            TimeRemainingColumn(), console=err_console, transient=False) if self.live else None
+        self.task_id = self.bar.add_task(self._status(), total=total, completed=done) if self.bar else None
+
+    def _status(self) -> str:
+        rate = self.fresh / max(time.monotonic() - self.started, 1e-9)
+        pass1 = f"{self.correct / self.graded:.1%}" if self.graded else "-"
+        offload = f"{self.offload / self.graded:.1%}" if self.graded else "-"
+        errors = f" · {self.errored} errored" if self.errored else ""
+        return f"pass@1 {pass1} · offload {offload} · {rate:.2f} samples/s{errors}"
+
+    def advance(self, record: dict[str, Any]) -> None:
+        self.done += 1
+        self.fresh += 1
+        if record.get("error") is not None:
+            self.errored += 1
+        else:
+            self.graded += 1
+            self.correct += bool(record.get("correct"))
+            self.offload += record["trace"]["stats"]["offload_share"]
+        if self.bar is not None and self.task_id is not None:
+            self.bar.update(self.task_id, completed=self.done, description=self._status())
+        elif time.monotonic() - self.last_line >= self.every or self.done == self.total:
+            self.last_line = time.monotonic()
+            err_console.print(f"eval {self.done}/{self.total} · {self._status()}", highlight=False, markup=False)
+
+    def __enter__(self) -> EvalProgress:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def eval_summary(summary: dict[str, Any], console: Console) -> None:
+    """results.json as tables: accuracy (pass@1 with its interval, pass@k, maj@k, cov@k) and usage."""
+    accuracy, usage = summary.get("accuracy"), summary.get("usage") or {}
+    head = Table(title=f"{summary['task']} · {summary['mode']} · {summary['problems']} problems x n={summary['n']}",
+                 title_justify="left")
+    head.add_column("metric")
+    head.add_column("value", justify="right")
+    if accuracy is None:
+        head.add_row("pass@1", Text("not computed: samples are missing or errored", "red"))
+    else:
+        low, high = accuracy["pass@1_ci95"]
+        head.add_row("pass@1", f"{_pct(accuracy['pass@1'])}  (95% CI {_pct(low)} - {_pct(high)})")
+        for name in ("pass@k", "maj@k", "cov@k"):
+            head.add_row(name, "  ".join(f"k={k}: {_pct(v)}" for k, v in accuracy[name].items()))
+    if usage:
+        head.add_row("offload share", f"mean {_pct(usage['offload_share_mean'])}, median {_pct(usage['offload_share_median'])}")
+        head.add_row("handoffs per sample", f"{usage['handoffs_mean']:.2f}")
+        head.add_row("seconds per sample", f"mean {usage['seconds_mean']:.2f}, median {usage['seconds_median']:.2f}, "
+                                           f"p90 {usage['seconds_p90']:.2f}")
+        speeds = ", ".join(f"{m} {v}" for m, v in usage["tokens_per_second"].items() if v is not None) or "-"
+        head.add_row("tokens/s", speeds)
+    head.add_row("samples", f"{summary['samples']} ({summary['errored']} errored) in {summary['wall_seconds']:.1f} s")
+    console.print(head)
+
+
+def compare_table(rows: list[dict[str, Any]], console: Console) -> None:
+    from rich import box
+
+    show_run = any(row["name"] != row["mode"] for row in rows)
+    table = Table(title="* on the Pareto front: no other run is both faster and more accurate", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    columns = ["mode", "pass@1", "95% CI", "offload", "s/sample", "p90 s", "", *(["run"] if show_run else [])]
+    for column in columns:
+        table.add_column(column, no_wrap=column != "run", justify="left" if column in ("run", "mode") else "right")
+    for row in rows:
+        interval = row["pass@1_ci95"]
+        low_high = f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "-"
+        seconds = "-" if row["seconds_mean"] is None else f"{row['seconds_mean']:.2f}"
+        p90 = "-" if row["seconds_p90"] is None else f"{row['seconds_p90']:.2f}"
+        cells = [Text(row["mode"]), _pct(row["pass@1"]), low_high, _pct(row["offload_share"]), seconds, p90,
+                 "*" if row["pareto"] else ""]
+        table.add_row(*cells, *([Text(row["name"])] if show_run else []))
+    console.print(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import DEMO_QUESTION, cli
 
@@ -22,7 +24,7 @@ pytestmark = [pytest.mark.lifecycle, pytest.mark.usefixtures("demo_servers")]
 
 
 def _ours() -> list[int]:
-    return sorted(proc.pid for proc in servers.marked_processes())
+    return sorted(proc.pid for members in servers.our_processes().values() for proc in members)
 
 
 def _wait_healthy(name: str, timeout: float = 600) -> None:
@@ -61,23 +63,14 @@ def test_big_server_dying_mid_run_gives_one_line_and_keeps_the_partial_trace(tmp
     assert shown["segments"][0]["text"] == "First, 12 * 3 = 36. <bigmodel>"
 
 
-def test_run_starts_a_missing_server_and_stops_it_afterwards() -> None:
-    result = cli("run", DEMO_QUESTION, "--json", timeout=900)
-    assert result.code == 0, result.err
-    assert "starting demo-big (not running; stopped again afterwards unless --keep)" in result.err
-    assert "stopped demo-big" in result.err
-    assert result.json()["stats"]["answer"] == "43"  # type: ignore[index]
-    names = {row["name"] for row in cli("ps", "--json").json()}  # type: ignore[union-attr]
-    assert names == {"demo-small"}
-
-
-def test_a_server_started_by_one_run_stays_up_while_another_command_uses_it() -> None:
+def test_run_starts_a_missing_server_and_leaves_it_up_while_another_command_uses_it() -> None:
     # This test process plays an eval that uses demo-big: it holds a lease before the run starts it.
     with leases.locked("demo-big"):
         leases.acquire("demo-big")
     try:
         result = cli("run", DEMO_QUESTION, "--json", timeout=900)
         assert result.code == 0, result.err
+        assert result.json()["stats"]["answer"] == "43"  # type: ignore[index]
         assert "starting demo-big (not running; stopped again afterwards unless --keep)" in result.err
         assert f"left demo-big running: still used by pid {os.getpid()} (it stops after them)" in result.err
         rows = {row["name"]: row for row in cli("ps", "--json").json()}  # type: ignore[union-attr]
@@ -86,6 +79,32 @@ def test_a_server_started_by_one_run_stays_up_while_another_command_uses_it() ->
         released = servers.release(["demo-big"])  # the last user leaves: the temporary server stops
     assert released.stopped == ["demo-big"]
     assert {row["name"] for row in cli("ps", "--json").json()} == {"demo-small"}  # type: ignore[union-attr]
+
+
+def test_an_engine_killed_mid_eval_gives_errored_samples_that_resume_completes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "splitcli", "eval", "--n", "3", "--concurrency", "1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    samples = out / "samples.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and (not samples.exists() or len(samples.read_text().splitlines()) < 2):
+        time.sleep(0.1)
+    servers.stop(servers.find_record("demo-big"))  # the engine goes away mid-run
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1
+    lines = [json.loads(line) for line in samples.read_text().splitlines()]
+    errored = [line for line in lines if line["error"]]
+    assert len(lines) == 12 and errored and all(line["correct"] is None for line in errored)
+    assert err.strip().splitlines()[-1] == (
+        f"error: {len(errored)} of 12 samples errored (engine failures, not wrong answers; no pass@1 without "
+        f"them): retry them with --resume {out}")
+    assert json.loads((out / "results.json").read_text())["accuracy"] is None
+
+    resumed = cli("eval", "--resume", str(out), "--json", timeout=900)  # starts demo-big again
+    assert resumed.code == 0, resumed.err
+    summary = resumed.json()
+    assert summary["errored"] == 0 and summary["samples"] == 12  # type: ignore[index]
+    assert summary["accuracy"]["pass@1"] == 1.0  # type: ignore[index]
 
 
 def test_a_failed_start_stops_only_what_it_launched(tmp_path: Path) -> None:
@@ -130,7 +149,9 @@ def test_kill_gpus_after_sigkilled_foreground_serve_leaves_nothing_and_spares_ot
         serve.send_signal(signal.SIGKILL)
         serve.wait()
         orphans = _ours()
-        assert len(orphans) >= 2  # the API server and its engine core outlive the SIGKILLed `serve`
+        assert len(orphans) >= 3  # the API server, its engine core and worker outlive the SIGKILLed `serve`
+        names = {psutil.Process(pid).name() for pid in orphans} | {" ".join(psutil.Process(pid).cmdline()) for pid in orphans}
+        assert any("VLLM::EngineCore" in name for name in names)  # found although setproctitle hid its environment
 
         dry = cli("kill-gpus", "--dry-run", "--json")
         assert dry.code == 0

@@ -39,9 +39,9 @@ def _root(
 
 
 def _register() -> None:
-    from splitcli.cli import profiles, run, serve
+    from splitcli.cli import eval, profiles, run, serve
 
-    for module in (serve, run, profiles):
+    for module in (serve, run, eval, profiles):
         module.register(app)
 
 

@@ -1,0 +1,1 @@
+"""`splitreason eval`: benchmark tasks, honest grading, metrics, resumable runs, comparisons."""

@@ -1,0 +1,243 @@
+"""Running an eval: n samples per problem over shared connection pools, each sample appended to
+samples.jsonl as it finishes, resumable after any crash, then metrics into results.json."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from splitcli import __version__
+from splitcli.engine import EngineClient
+from splitcli.errors import DataError
+from splitcli.evals import grading, metrics
+from splitcli.evals.tasks import Problem, ProblemSet, derived_seed
+from splitcli.profiles import Profile
+from splitcli.session import close_clients, open_clients, run_question
+from splitcli.trace import Model
+
+RUN_FILE = "run.json"
+SAMPLES_FILE = "samples.jsonl"
+RESULTS_FILE = "results.json"
+TEMPLATE_PROBE = [{"role": "user", "content": "splitreason template probe: what is 1 + 1?"}]
+
+
+@dataclass
+class EvalPlan:
+    profile: Profile
+    mode: str
+    roles: tuple[Model, ...]
+    problems: ProblemSet
+    n: int
+    seed: int
+    concurrency: int
+    stream: bool = True
+    inputs: dict[str, Any] = field(default_factory=dict)  # what was asked for, so --resume DIR alone continues it
+
+    def sample_keys(self) -> list[tuple[str, int]]:
+        return [(problem.id, index) for problem in self.problems.problems for index in range(self.n)]
+
+
+def config_fingerprint(plan: EvalPlan) -> dict[str, Any]:
+    """What decides the samples, known before any server runs; a resumed run must match it."""
+    profile = plan.profile.model_dump(mode="json", exclude={"name", "description", "eval"})
+    for role in ("small", "big"):  # where a server listens or how it starts does not change the samples
+        for key in ("host", "port", "startup_timeout", "endpoints", "env", "gpus", "gpu_memory"):
+            profile[role].pop(key, None)
+    task = plan.problems.task
+    return {
+        "mode": plan.mode,
+        "knobs": plan.profile.modes.get(plan.mode, {}),
+        "models": {role: profile[role] for role in plan.roles},
+        "sampling": profile["sampling"],
+        "prompt": profile["prompt"],
+        "seed": plan.seed,
+        "n": plan.n,
+        "task": task.name,
+        "grader": task.grader,
+        "dataset": plan.problems.source,
+        "revision": plan.problems.revision,
+        "problems": len(plan.problems.problems),
+        "problems_hash": plan.problems.digest,
+        "versions": {"splitreason": __version__, "math-verify": _version("math-verify")},
+    }
+
+
+async def served_fingerprint(clients: dict[Model, EngineClient]) -> dict[str, Any]:
+    """What the servers really run: model path or id, vLLM version, and a hash of each chat template."""
+    served = {}
+    for role, client in clients.items():
+        info = await client.describe()
+        ids, _ = await client.tokenize_chat(TEMPLATE_PROBE)
+        template = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+        served[role] = {"root": info.get("root"), "vllm": info.get("vllm"), "template_hash": template}
+    return served
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ, with both values."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key} ({json.dumps(a)} then, {json.dumps(b)} now)")
+    return found
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+class RunDir:
+    """run.json (inputs and fingerprint), samples.jsonl (one line per finished sample), results.json."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read_run(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / RUN_FILE).read_text())
+        except FileNotFoundError:
+            raise DataError(f"--resume {self.path}: no {RUN_FILE} there (give a folder an eval wrote)") from None
+        except (OSError, ValueError) as exc:
+            raise DataError(f"--resume {self.path}: {RUN_FILE} cannot be read ({exc})") from None
+
+    def write_run(self, data: dict[str, Any]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / f".{RUN_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(self.path / RUN_FILE)
+
+    def load_samples(self) -> dict[tuple[str, int], dict[str, Any]]:
+        """Samples written so far, the last line per sample winning; a torn last line (the process was
+        killed while writing it) is cut off the file."""
+        file = self.path / SAMPLES_FILE
+        if not file.exists():
+            return {}
+        raw = file.read_bytes()
+        found: dict[tuple[str, int], dict[str, Any]] = {}
+        good_end = 0
+        for line in raw.splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+                complete = line.endswith(b"\n")
+            except ValueError:
+                complete = False
+            if not complete:
+                break  # only the last line can be torn: appends are sequential
+            found[(str(record["problem_id"]), int(record["sample"]))] = record
+            good_end += len(line)
+        if good_end < len(raw):
+            with open(file, "r+b") as handle:
+                handle.truncate(good_end)
+        return found
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path / SAMPLES_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+    def write_results(self, results: dict[str, Any]) -> None:
+        (self.path / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def sample_seed(plan: EvalPlan, problem_id: str, index: int) -> int:
+    return derived_seed(plan.seed, problem_id, index)
+
+
+async def run_sample(plan: EvalPlan, clients: dict[Model, EngineClient], problem: Problem, index: int) -> dict[str, Any]:
+    """One sample: a trace through the mode, graded; an engine failure is recorded as an error, not as wrong."""
+    seed = sample_seed(plan, problem.id, index)
+    sampling = plan.profile.sampling.model_copy(update={"seed": seed})
+    started = time.perf_counter()
+    trace = await run_question(plan.profile, problem.problem, plan.mode, stream=plan.stream, clients=clients,
+                               sampling=sampling)
+    record: dict[str, Any] = {
+        "problem_id": problem.id, "sample": index, "seed": seed, "gold": problem.answer,
+        "seconds": round(time.perf_counter() - started, 4), "error": trace.error,
+    }
+    if trace.error is None:
+        verdict = grading.grade(plan.problems.task.grader, problem.answer, trace.text, len(problem.choices) or 4)
+        record.update(correct=verdict.correct, extracted=verdict.extracted, reason=verdict.reason, vote=verdict.vote)
+    else:
+        record.update(correct=None, extracted=None, reason="not graded: the engine failed", vote=None)
+    stats = trace.stats()
+    record["tokens"] = stats["tokens"]
+    record["trace"] = trace.to_dict()
+    return record
+
+
+async def run_samples(plan: EvalPlan, run_dir: RunDir, pending: list[tuple[Problem, int]],
+                      on_done: Callable[[dict[str, Any]], None]) -> None:
+    """The pending samples, `concurrency` at a time, over one connection pool per model."""
+    clients = open_clients(plan.profile, plan.roles, max_connections=max(64, plan.concurrency * 4))
+    gate = asyncio.Semaphore(plan.concurrency)
+
+    async def one(problem: Problem, index: int) -> None:
+        async with gate:
+            record = await run_sample(plan, clients, problem, index)
+        run_dir.append(record)
+        on_done(record)
+
+    try:
+        await asyncio.gather(*(one(problem, index) for problem, index in pending))
+    finally:
+        await close_clients(clients)
+
+
+async def describe_servers(plan: EvalPlan) -> dict[str, Any]:
+    clients = open_clients(plan.profile, plan.roles)
+    try:
+        return await served_fingerprint(clients)
+    finally:
+        await close_clients(clients)
+
+
+# ---------------------------------------------------------------- results
+
+
+def results(plan: EvalPlan, samples: dict[tuple[str, int], dict[str, Any]], wall_seconds: float,
+            fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """Metrics over the samples of this run's problems (errored samples excluded and counted)."""
+    wanted = set(plan.sample_keys())
+    records = [record for key, record in samples.items() if key in wanted]
+    errored = [record for record in records if record.get("error") is not None]
+    problem_ids = [problem.id for problem in plan.problems.problems]
+    grouped = metrics.by_problem(records)
+    summary: dict[str, Any] = {
+        "task": plan.problems.task.name, "mode": plan.mode, "profile": plan.profile.name,
+        "problems": len(problem_ids), "n": plan.n, "samples": len(records), "errored": len(errored),
+        "wall_seconds": round(wall_seconds, 2), "fingerprint": fingerprint,
+    }
+    if errored or len(records) < len(wanted):
+        summary["accuracy"] = None  # refused: pass@1 over missing samples would silently shrink
+    else:
+        summary["accuracy"] = metrics.accuracy(grouped, problem_ids, plan.n)
+    summary["usage"] = metrics.usage(records)
+    return summary
+
+
+def plan_inputs(plan: EvalPlan) -> dict[str, Any]:
+    return {**plan.inputs, "n": plan.n, "seed": plan.seed, "mode": plan.mode, "task": plan.problems.task.name}
+
+
+def problem_record(problem: Problem) -> dict[str, Any]:
+    return asdict(problem)
