@@ -43,7 +43,7 @@ def _server_cpu_seconds() -> float:
 def measure(mode: str, n: int, concurrency: int) -> dict[str, float]:
     profile = check_profile(load_profile("demo", ["sampling.temperature=0.8"]))
     problems = load_problems(get_task("demo"), 0)
-    plan = runner.EvalPlan(profile, mode, get_mode(mode).roles, problems, n, 0, concurrency)
+    plan = runner.EvalPlan(profile, mode, get_mode(mode).server_keys(), problems, n, 0, concurrency)
     folder = runner.RunDir(Path(tempfile.mkdtemp(prefix="eval-bench-")))
     pending = [(problem, index) for problem in problems.problems for index in range(n)]
     records: list[dict[str, object]] = []

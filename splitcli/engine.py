@@ -190,16 +190,20 @@ class EngineClient:
 
     async def complete(self, prompts: list[Prompt], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                        seed: int | None = None, stop: list[str] | None = None, kind: str = "generate",
-                       logprobs: int | None = None) -> list[Completion]:
-        """n prompts in one request; one Completion per prompt, in order."""
+                       logprobs: int | None = None, n: int = 1) -> list[Completion]:
+        """Several prompts in one request; `n` samples of each (vLLM seeds sample j with seed + j, so
+        samples of one prompt differ even under a seed). Completions in order: prompt by prompt, then
+        sample by sample."""
         body = self._body(prompts, max_tokens, temperature, top_p, seed, stop, stream=False, logprobs=logprobs)
+        if n > 1:
+            body["n"] = n
         data, call = await self._post("/v1/completions", body, kind)
         usage = data.get("usage") or {}
-        call.prompts = len(prompts)
+        call.prompts = len(prompts) * n
         call.prompt_tokens = usage.get("prompt_tokens", 0)
         call.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         call.completion_tokens = usage.get("completion_tokens", 0)
-        results = [Completion() for _ in prompts]
+        results = [Completion() for _ in range(len(prompts) * n)]
         for choice in data["choices"]:
             result = results[choice["index"]]
             result.text = choice["text"]
@@ -214,12 +218,15 @@ class EngineClient:
 
     async def stream(self, prompt: Prompt, *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                      seed: int | None = None, stop: list[str] | None = None,
-                     on_delta: Callable[[str, list[int]], None] | None = None) -> Completion:
-        """One prompt, streamed; `on_delta(text, token_ids)` sees every piece as it arrives."""
+                     on_delta: Callable[[str, list[int]], None] | None = None,
+                     result: Completion | None = None) -> Completion:
+        """One prompt, streamed; `on_delta(text, token_ids)` sees every piece as it arrives, and
+        `result` (if given) fills as they do. Cancelling the task closes the HTTP stream, which makes
+        vLLM abort the request; the call is recorded as cancelled with what arrived."""
         body = self._body(prompt, max_tokens, temperature, top_p, seed, stop, stream=True)
         url = next(self._next_url)
         call = Call(self.role, "generate", self._clock(), 0.0)
-        result = Completion()
+        result = result if result is not None else Completion()
         try:
             async with self._http.stream("POST", f"{url}/v1/completions", json=body) as response:
                 if response.status_code != 200:
@@ -248,10 +255,15 @@ class EngineClient:
                         call.completion_tokens = usage.get("completion_tokens", 0)
         except httpx.HTTPError as exc:
             raise self._failure(url, exc) from None
+        except asyncio.CancelledError:
+            call.cancelled = True
+            call.completion_tokens = len(result.token_ids)
+            raise
         finally:
             call.end = self._clock()
-        call.prompt_tokens, call.cached_tokens = result.prompt_tokens, result.cached_tokens
-        self._record(call)
+            call.prompt_tokens, call.cached_tokens = result.prompt_tokens, result.cached_tokens
+            if call.cancelled or result.finish_reason is not None:
+                self._record(call)
         return result
 
 

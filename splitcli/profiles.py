@@ -19,13 +19,28 @@ from splitcli.errors import ProfileError
 
 Role = Literal["small", "big"]
 ROLES: tuple[Role, Role] = ("small", "big")
+# The servers a profile can launch: the pair, the big model with speculative decoding (its own
+# server, for the spec-decoding mode), and the annotator of gendata.
+ServerKey = Literal["small", "big", "spec", "annotator"]
+SERVER_KEYS: tuple[ServerKey, ...] = ("small", "big", "spec", "annotator")
 DEMO_PREFIX = "demo:"
-DEMO_MODELS = ("small", "big")  # the tiny models `splitreason demo build` trains
+DEMO_MODELS = ("small", "big", "annotator")  # the tiny models `splitreason demo build` trains
 PROFILE_SUFFIXES = (".yaml", ".yml")
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class SpeculativeSpec(_Strict):
+    """vLLM's own speculative decoding of the big model, served as a server of its own (`spec`)."""
+
+    method: Literal["draft_model", "eagle", "eagle3", "ngram"] = Field(
+        "draft_model", description="draft_model: a small model drafts; eagle/eagle3: an EAGLE head; ngram: prompt lookup")
+    model: str | None = Field(None, description="the draft model or EAGLE head (default: small.model)")
+    num_speculative_tokens: int = Field(5, ge=1, description="tokens drafted per step")
+    port: int | None = Field(None, ge=1, le=65535, description="the spec server's port (default: big.port + 10)")
+    config: dict[str, Any] = Field(default_factory=dict, description="more --speculative-config keys")
 
 
 class ModelSpec(_Strict):
@@ -45,6 +60,7 @@ class ModelSpec(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     endpoints: list[str] = Field(default_factory=list, description="URLs of running replicas; not launched")
     startup_timeout: float = Field(900, gt=0)
+    speculative: SpeculativeSpec | None = Field(None, description="big only: how the spec-decoding mode serves it")
 
     @field_validator("model")
     @classmethod
@@ -145,6 +161,58 @@ class EvalSection(_Strict):
     revision: str | None = Field(None, description="dataset commit to load (default: the task's, else the hub's current)")
 
 
+SNIPPET_START = "-----SNIPPET START-----"
+SNIPPET_END = "-----SNIPPET END-----"
+ANNOTATION_INSTRUCTION = (
+    "Here is a reasoning trace. Copy out VERBATIM its hardest snippets, the parts that need the most careful "
+    "thought, about {percent}% of its characters in all. Put each snippet between a line " + SNIPPET_START +
+    " and a line " + SNIPPET_END + ". Write nothing else.\n\n{trace}"
+)
+
+
+class AnnotatorSpec(_Strict):
+    """The model gendata asks to mark the hard snippets: one of the pair's servers (`use`), a server
+    splitreason launches (`server`), or an OpenAI-compatible endpoint someone else runs."""
+
+    use: Literal["small", "big"] | None = Field(None, description="ask this server of the profile")
+    server: ModelSpec | None = Field(None, description="launch this model as the `annotator` server")
+    endpoint: str | None = Field(None, description="an OpenAI-compatible API, e.g. https://api.deepseek.com")
+    model: str | None = Field(None, description="the model name at the endpoint, e.g. deepseek-chat")
+    api_key_env: str | None = Field(None, description="environment variable (or .env entry) holding the key")
+    temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.3, 0.6],
+                                      description="one attempt per temperature until the snippets are usable")
+    max_tokens: int = Field(4096, ge=1)
+    timeout: float = Field(300, gt=0, description="seconds per request")
+    retries: int = Field(5, ge=0, description="retries of a request on 429 (Retry-After honoured), 5xx, timeouts")
+    instruction: str = Field(ANNOTATION_INSTRUCTION, description="the request; {percent} and {trace} are filled in")
+
+    def request(self, trace: str, fraction: float) -> str:
+        return self.instruction.replace("{percent}", f"{round(100 * fraction)}").replace("{trace}", trace)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_url(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint {endpoint!r} is not an http(s) URL (write e.g. https://api.deepseek.com)")
+        return endpoint.rstrip("/").removesuffix("/v1") if endpoint else endpoint
+
+
+class GendataSection(_Strict):
+    """What `splitreason gendata` reads and how it annotates."""
+
+    source: str = Field("open-r1/OpenR1-Math-220k", description="HF dataset id, a local file, or `demo`")
+    config: str | None = Field("default", description="the dataset's config")
+    split: str = "train"
+    revision: str | None = Field(None, description="dataset commit to load")
+    id_field: str = "uuid"
+    problem_field: str = "problem"
+    generation_field: str = Field("generations", description="a trace, or a list of them (the first correct is taken)")
+    fraction: float = Field(0.2, gt=0, lt=1, description="share of characters the annotator is asked to mark")
+    min_chars: int = Field(1024, ge=0, description="shorter traces are rejected")
+    concurrency: int = Field(8, ge=1)
+    limit: int | None = Field(None, ge=1)
+
+
 class Profile(_Strict):
     name: str = ""
     description: str = ""
@@ -155,13 +223,40 @@ class Profile(_Strict):
     sampling: Sampling = Field(default_factory=Sampling)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     eval: EvalSection = Field(default_factory=EvalSection)
+    annotator: AnnotatorSpec = Field(default_factory=lambda: AnnotatorSpec(use="big"))
+    gendata: GendataSection = Field(default_factory=GendataSection)
 
     # Where each value came from, so that an error names the file or the --set argument to fix.
     _source: Path | None = PrivateAttr(default=None)
     _overrides: dict[str, str] = PrivateAttr(default_factory=dict)
 
-    def spec(self, role: Role) -> ModelSpec:
-        return self.small if role == "small" else self.big
+    def spec(self, key: ServerKey) -> ModelSpec:
+        """What one server runs: the small or big model, or the big one with speculative decoding."""
+        if key == "small":
+            return self.small
+        if key == "big":  # the plain big server; its speculative block is the spec server's
+            return self.big if self.big.speculative is None else self.big.model_copy(update={"speculative": None})
+        if key == "spec":
+            speculative = self.big.speculative or SpeculativeSpec()
+            draft = speculative.model or (self.small.model if speculative.method == "draft_model" else None)
+            return self.big.model_copy(update={
+                "port": speculative.port or self.big.port + 10, "endpoints": [],
+                "speculative": speculative.model_copy(update={"model": draft}),
+            })
+        if key == "annotator":
+            annotator = self.annotator
+            if annotator.use is not None:
+                return self.spec(annotator.use)
+            if annotator.server is not None:
+                return annotator.server
+            return ModelSpec(model=annotator.model or "", endpoints=[annotator.endpoint or ""])
+        raise self.problem(key, f"no server {key!r} in this profile")
+
+    def annotator_server(self) -> ServerKey | None:
+        """The server gendata needs running: the pair's, its own, or none (an endpoint)."""
+        if self.annotator.use is not None:
+            return self.annotator.use
+        return "annotator" if self.annotator.server is not None else None
 
     def problem(self, loc: str, message: str) -> ProfileError:
         """An error about key `loc`, naming the --set argument that set it, else the profile file."""
@@ -337,6 +432,28 @@ def validate(data: dict[str, Any], source: Path, name: str, overrides: dict[str,
 def consistency_problems(profile: Profile) -> list[tuple[str, str]]:
     """Cross-field checks pydantic can't express per field: ports, GPU shares, TP sizes."""
     problems: list[tuple[str, str]] = []
+    annotator = profile.annotator
+    ways = [way for way in ("use", "server", "endpoint") if getattr(annotator, way) is not None]
+    if len(ways) != 1:
+        problems.append(("annotator", "give exactly one of use (small or big), server (a model to launch) or "
+                                      "endpoint (with model and api_key_env)"))
+    elif annotator.endpoint is not None and not annotator.model:
+        problems.append(("annotator.model", "missing: the model name at the endpoint (e.g. deepseek-chat)"))
+    if annotator.server is not None and annotator.server.launched:
+        for role in ROLES:
+            if profile.spec(role).launched and profile.spec(role).port == annotator.server.port:
+                problems.append(("annotator.server.port", f"port {annotator.server.port} is also {role}.port "
+                                                          "(give the annotator its own)"))
+    if profile.small.speculative is not None:
+        problems.append(("small.speculative", "only the big model is served with speculative decoding (move it to big)"))
+    speculative = profile.big.speculative
+    if speculative is not None and speculative.method == "draft_model" and not profile.big.launched:
+        problems.append(("big.speculative", "the spec server is launched by splitreason: big needs a model, not endpoints"))
+    if speculative is not None:
+        port = profile.spec("spec").port
+        for role in ROLES:
+            if profile.spec(role).launched and profile.spec(role).port == port:
+                problems.append(("big.speculative.port", f"port {port} is also {role}.port (give the spec server its own)"))
     for role in ROLES:
         spec = profile.spec(role)
         if spec.launched and spec.gpus and spec.tp_size > len(spec.gpus):

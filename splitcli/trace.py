@@ -36,13 +36,14 @@ class Call:
     __pydantic_config__ = STRICT
 
     model: Model
-    kind: str  # generate | probe | tokenize | detokenize
+    kind: str  # generate | probe | score | warm | tokenize | detokenize
     start: float
     end: float
     prompts: int = 1
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    cancelled: bool = False  # a stream closed before its end (vLLM aborts the request)
 
     @property
     def seconds(self) -> float:
@@ -94,6 +95,8 @@ class Trace:
     options: dict[str, Any] = field(default_factory=dict)
     sampling: dict[str, Any] = field(default_factory=dict)
     handoff: str = "text"  # token_ids when both models share a tokenizer
+    # What a mode measures beyond segments and calls (e.g. speculative decoding's acceptance).
+    extra: dict[str, Any] = field(default_factory=dict)
     segments: list[Segment] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
@@ -228,6 +231,45 @@ class Trace:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as handle:
             handle.write(json.dumps(self.to_dict()) + "\n")
+
+
+class SegmentFeed:
+    """The answer's text as it is generated, in (model, text) pieces for a listener that cannot take
+    anything back (a terminal, an HTTP stream): small text at once, big text once its segment is
+    final (a probe may still cut it). For a mode that may replace text it has shown (beams, rewrites:
+    `defer`), nothing until the end, then the kept text. Subscribe it to a Trace; call `finish` last."""
+
+    def __init__(self, sink: Callable[[Model, str], None], defer: bool = False) -> None:
+        self.sink = sink
+        self.defer = defer
+        self.current: Segment | None = None
+        self.sent = 0
+
+    def __call__(self, event: str, segment: Segment) -> None:
+        if self.defer:
+            return
+        if event == "open" and segment is not self.current:
+            self._flush()
+            self.current, self.sent = segment, 0
+        elif event == "update" and segment.model == "small" and segment is self.current:
+            self._send(segment, segment.text[self.sent:])
+
+    def _send(self, segment: Segment, text: str) -> None:
+        if text:
+            self.sink(segment.model, text)
+        self.sent = len(segment.text)
+
+    def _flush(self) -> None:
+        if self.current is not None:
+            self._send(self.current, self.current.text[self.sent:])
+
+    def finish(self, trace: Trace) -> None:
+        if self.defer:
+            for segment in trace.kept_segments:
+                if segment.text:
+                    self.sink(segment.model, segment.text)
+        else:
+            self._flush()
 
 
 def load_jsonl(path: Path) -> Iterator[Trace]:

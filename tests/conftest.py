@@ -52,8 +52,9 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
 
 @pytest.fixture(scope="session")
 def demo_servers() -> Iterator[None]:
-    """Both demo servers, healthy, for the whole session."""
-    started = cli("serve", "--profile", "demo", "--detach", timeout=900)
+    """The demo servers, healthy, for the whole session, started together once: small, big, big with
+    speculative decoding (the small model drafting), and gendata's annotator."""
+    started = cli("serve", "--profile", "demo", "--only", "small,big,spec,annotator", "--detach", timeout=1200)
     assert started.code == 0, started.err
     yield
     cli("stop", "--all")

@@ -33,7 +33,8 @@ def test_help_lists_the_commands() -> None:
 
 
 COMMANDS = [["serve"], ["ps"], ["stop"], ["logs"], ["kill-gpus"], ["run"], ["show"], ["modes"], ["profiles", "list"],
-            ["profiles", "show"], ["profiles", "validate"], ["demo", "build"], ["demo", "questions"]]
+            ["profiles", "show"], ["profiles", "validate"], ["demo", "build"], ["demo", "questions"], ["eval"],
+            ["eval", "grade"], ["eval", "compare"], ["pad-vocab"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -47,8 +48,10 @@ def test_every_command_has_an_example_and_readable_help(command: list[str]) -> N
 
 def test_help_lists_the_choices_of_mode_and_only() -> None:
     run = " ".join(cli("run", "-h", env={"COLUMNS": "200"}).out.split())
-    assert "Mode to run: big-only, random-switch, small-only, splitreason" in run
-    assert "small|big" in cli("serve", "-h", env={"COLUMNS": "200"}).out
+    assert ("Mode to run: big-only, logprob-subselect, random-switch, small-only, spec-decoding, spec-rewrite, "
+            "splitreason, splitreason-stream") in run
+    serve = " ".join(cli("serve", "-h", env={"COLUMNS": "200"}).out.split())
+    assert "Start only these servers: small, big, spec" in serve
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -149,13 +149,14 @@ def test_the_trace_records_what_the_servers_really_serve() -> None:
 
 
 def test_a_running_server_of_another_model_is_refused_not_used() -> None:
+    before = {row["name"]: row["pid"] for row in cli("ps", "--json").json()}  # type: ignore[union-attr]
     result = cli("run", DEMO_QUESTION, "--set", "small.model=demo:big")
     assert result.code == 2
     assert result.err.strip().splitlines()[-1] == (
         "error: server demo-small serves demo:small, but the profile now names demo:big "
         "(stop it with `splitreason stop demo-small`, then run again to start the new model)"
     )
-    assert {row["name"] for row in cli("ps", "--json").json()} == {"demo-small", "demo-big"}  # type: ignore[union-attr]
+    assert {row["name"]: row["pid"] for row in cli("ps", "--json").json()} == before  # type: ignore[union-attr]
 
 
 def test_a_prompt_that_fills_the_budget_is_one_line() -> None:

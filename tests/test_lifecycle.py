@@ -37,6 +37,17 @@ def _wait_healthy(name: str, timeout: float = 600) -> None:
     raise AssertionError(f"{name} not healthy after {timeout}s")
 
 
+def test_stop_one_server_by_name_ends_its_engine_core_and_workers_too() -> None:
+    record = servers.find_record("demo-spec")
+    members = [proc.pid for proc in record.processes()]
+    assert len(members) >= 3  # API server, engine core, worker: found although renamed by setproctitle
+    result = cli("stop", "demo-spec")
+    assert result.code == 0, result.err
+    assert result.err.strip() == f"stopped demo-spec ({len(members)} processes)"
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in members)
+    assert {row["name"] for row in cli("ps", "--json").json()} == {"demo-small", "demo-big"}  # type: ignore[union-attr]
+
+
 def test_big_server_dying_mid_run_gives_one_line_and_keeps_the_partial_trace(tmp_path: Path) -> None:
     profile = load_profile("demo")
     big = servers.find_record("demo-big")

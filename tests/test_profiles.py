@@ -29,7 +29,7 @@ BAD_CASES = {
     "empty file": ("", "the profile is empty (write at least `small:` and `big:`, or `extends: demo`)"),
     "unknown demo model": (
         "small: {model: 'demo:medium', port: 1}\nbig: {model: b}",
-        "small.model: unknown demo model 'demo:medium' (use one of: demo:small, demo:big)",
+        "small.model: unknown demo model 'demo:medium' (use one of: demo:small, demo:big, demo:annotator)",
     ),
     "endpoint with an invalid port": (
         "small: {model: s, port: 1}\nbig: {model: b, endpoints: ['http://localhost:99999']}",
@@ -55,7 +55,8 @@ BAD_CASES = {
     ),
     "unknown mode": (
         "small: {model: s, port: 1}\nbig: {model: b}\nmode: fast",
-        "mode: unknown mode 'fast' (choose one of: big-only, random-switch, small-only, splitreason)",
+        "mode: unknown mode 'fast' (choose one of: big-only, logprob-subselect, random-switch, small-only, "
+        "spec-decoding, spec-rewrite, splitreason, splitreason-stream)",
     ),
     "bad mode knob": (
         "small: {model: s, port: 1}\nbig: {model: b}\nmodes: {splitreason: {chunk: 0}}",
@@ -130,13 +131,15 @@ def test_set_that_breaks_a_rule_names_the_set_argument() -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--set", "nonexist=1"], "error: --set nonexist=1: nonexist: unknown key (remove it or check its spelling; "
-                              "allowed here: name, description, small, big, mode, modes, sampling, prompt, eval)"),
+                              "allowed here: name, description, small, big, mode, modes, sampling, prompt, eval, "
+                              "annotator, gendata)"),
     (["--set", "smal.port=1"], "error: --set smal.port=1: smal: unknown key (did you mean 'small'?)"),
     (["--set", "modes.splitreason.chunk=0"],
      "error: --set modes.splitreason.chunk=0: modes.splitreason.chunk: Input should be greater than or equal to 1 "
      "(fix the value)"),
-    (["--set", "mode=fast"], "error: --set mode=fast: mode: unknown mode 'fast' (choose one of: big-only, random-switch, "
-                             "small-only, splitreason)"),
+    (["--set", "mode=fast"], "error: --set mode=fast: mode: unknown mode 'fast' (choose one of: big-only, "
+                             "logprob-subselect, random-switch, small-only, spec-decoding, spec-rewrite, splitreason, "
+                             "splitreason-stream)"),
 ])
 def test_a_bad_set_names_the_set_argument_not_the_file(args: list[str], message: str) -> None:
     result = cli("profiles", "show", "demo", *args)

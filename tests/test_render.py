@@ -63,3 +63,16 @@ def test_live_view_shows_legend_the_tail_and_a_footer() -> None:
     assert "LAST WORDS" in output
     assert "small 30 tok" in output and "offload 0.0%" in output
     assert output.count("\n") <= 8  # fits the screen: only the tail is shown
+
+
+def test_text_that_is_not_kept_is_dimmed_and_left_out_of_plain_output() -> None:
+    trace = _trace()
+    loser = Segment("small", "LOSER ", [9], kept=False, branch=1)
+    trace.segments.insert(1, loser)
+    console = Console(file=io.StringIO(), force_terminal=True, color_system="standard", width=100)
+    render.show(trace, console)
+    output = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "\x1b[1;2;9;36mLOSER" in output or "\x1b[2;1;9;36mLOSER" in output  # dim, struck through
+    assert "not kept" in output  # the legend says what dimmed text is
+    assert "LOSER" not in render.plain_text(trace)
+    assert "(+1 generated, not kept)" in render.plain_summary(trace)

@@ -163,7 +163,8 @@ def test_save_then_show(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["   "], 'error: the question is empty (pass its text, e.g. splitreason run "What is 2 + 2?")'),
     ([DEMO_QUESTION, "--mode", "fast"],
-     "error: unknown mode 'fast' (choose one of: big-only, random-switch, small-only, splitreason)"),
+     "error: unknown mode 'fast' (choose one of: big-only, logprob-subselect, random-switch, small-only, "
+     "spec-decoding, spec-rewrite, splitreason, splitreason-stream)"),
     (["x " * 1200], "error: the question makes a 2435-token prompt, over the small model's context of 1024 tokens "
                     "(shorten it, or raise small.max_model_len)"),
 ])

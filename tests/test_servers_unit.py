@@ -107,10 +107,10 @@ def test_stop_needs_a_name_or_all() -> None:
     assert unknown.code == 2 and "no server named 'nope'" in unknown.err
 
 
-def test_only_takes_small_or_big() -> None:
-    result = cli("serve", "--only", "medium")
+def test_only_takes_server_keys() -> None:
+    result = cli("serve", "--only", "small,medium")
     assert result.code == 2
-    assert result.err.strip() == "error: --only medium: choose small or big"
+    assert result.err.strip() == "error: --only small,medium: choose from small, big, spec, annotator (comma-separated)"
 
 
 def test_servers_sharing_a_gpu_start_one_after_the_other() -> None:

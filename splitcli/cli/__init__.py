@@ -39,9 +39,9 @@ def _root(
 
 
 def _register() -> None:
-    from splitcli.cli import eval, profiles, run, serve
+    from splitcli.cli import eval, profiles, run, serve, tools
 
-    for module in (serve, run, eval, profiles):
+    for module in (serve, run, eval, profiles, tools):
         module.register(app)
 
 

@@ -11,7 +11,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from splitcli import console, servers
 from splitcli.modes import check_profile
-from splitcli.profiles import Profile, Role, load_profile
+from splitcli.profiles import Profile, ServerKey, load_profile
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
@@ -22,11 +22,11 @@ def load(name: str, overrides: list[str] | None = None) -> Profile:
 
 
 @contextlib.contextmanager
-def servers_in_use(profile: Profile, roles: tuple[Role, ...], keep: bool = False) -> Iterator[servers.ServerUse]:
-    """The servers `roles` need, started if missing, kept from being stopped by other commands while
-    this one runs; afterwards the ones started here stop unless `keep` or another command uses them."""
-    with servers.ServerUse(profile, roles, keep) as use:
-        missing = servers.not_running(profile, roles)
+def servers_in_use(profile: Profile, keys: tuple[ServerKey, ...], keep: bool = False) -> Iterator[servers.ServerUse]:
+    """The servers `keys`, started if missing, kept from being stopped by other commands while this
+    one runs; afterwards the ones started here stop unless `keep` or another command uses them."""
+    with servers.ServerUse(profile, keys, keep) as use:
+        missing = servers.not_running(profile, keys)
         if missing:
             after = "they keep running (--keep)" if keep else "stopped again afterwards unless --keep"
             console.info(f"starting {', '.join(missing)} (not running; {after})")

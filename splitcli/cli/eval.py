@@ -17,8 +17,7 @@ from splitcli.evals import runner
 from splitcli.evals.tasks import TASKS, get_task, load_problems
 from splitcli.modes import get_mode
 
-eval_app = typer.Typer(help="Benchmark a mode: accuracy, offload and latency.", context_settings=HELP_OPTIONS,
-                       cls=Group, invoke_without_command=True)
+eval_app = typer.Typer(context_settings=HELP_OPTIONS, cls=Group, invoke_without_command=True)  # help: run_eval's
 
 TaskOpt = Annotated[str | None, typer.Option("--task", "-t", metavar="TASK",
                                              help=f"Task: {', '.join(TASKS)} (default: the profile's eval.task).")]
@@ -71,10 +70,10 @@ def run_eval(
         raise DataError(f"profile {prof.name} names no task: pass --task (one of: {', '.join(TASKS)}) "
                         "or set eval.task in the profile")
     mode_name = inputs["mode"] or prof.mode
-    roles = get_mode(mode_name).roles
+    server_keys = get_mode(mode_name).server_keys()
     problems = load_problems(get_task(task_name), prof.eval.seed, Path(inputs["data"]) if inputs["data"] else None,
                              prof.eval.revision, inputs["limit"] or prof.eval.limit)
-    plan = runner.EvalPlan(prof, mode_name, roles, problems, inputs["n"] or prof.eval.samples, prof.eval.seed,
+    plan = runner.EvalPlan(prof, mode_name, server_keys, problems, inputs["n"] or prof.eval.samples, prof.eval.seed,
                            concurrency or prof.eval.concurrency, stream=not no_stream,
                            inputs={**inputs, "profile": inputs["profile"] or "demo"})
     config = runner.config_fingerprint(plan)
@@ -85,7 +84,7 @@ def run_eval(
         if (run_dir.path / runner.SAMPLES_FILE).exists():
             raise DataError(f"--out {run_dir.path}: a run is already there (continue it with --resume {run_dir.path}, "
                             "or pick another folder)")
-    with servers_in_use(prof, roles, keep):
+    with servers_in_use(prof, tuple(server_keys.values()), keep):
         served = asyncio.run(runner.describe_servers(plan))
         if resume is not None:
             _check_same(run_dir, "servers", run_dir.read_run()["fingerprint"]["served"], served)
@@ -116,7 +115,7 @@ def _sample(plan: runner.EvalPlan, run_dir: runner.RunDir) -> dict[str, Any]:
     progress = render.EvalProgress(total, skipped, [r for r in done.values() if r.get("error") is None])
     try:
         with progress:
-            asyncio.run(runner.run_samples(plan, run_dir, pending, progress.advance))
+            asyncio.run(runner.run_samples(plan, run_dir, pending, progress.record))
     except KeyboardInterrupt:
         raise DataError(f"interrupted; the samples written so far are kept: continue with --resume {run_dir.path}") from None
     return runner.results(plan, run_dir.load_samples(), time.perf_counter() - started,

@@ -38,12 +38,13 @@ def run(
         raise UsageError(EMPTY_QUESTION)
     prof = load(profile, overrides)
     mode_name = mode or prof.mode
-    roles = get_mode(mode_name).roles
-    if any(prof.spec(role).model.startswith(DEMO_PREFIX) for role in roles):
+    mode_class = get_mode(mode_name)
+    keys = tuple(mode_class.server_keys().values())
+    if any(prof.spec(key).model.startswith(DEMO_PREFIX) for key in keys):
         console.info("demo profile: tiny demonstration models that know only `splitreason demo questions`")
-    with servers_in_use(prof, roles, keep):
+    with servers_in_use(prof, keys, keep):
         live = not (json_output or no_stream or console.plain_output())
-        plain = None if (json_output or no_stream or live) else render.PlainStream()
+        plain = None if (json_output or no_stream or live) else render.PlainStream(defer=mode_class.replaces_text)
         if live:
             trace = _run_live(render.LiveView(console.out), prof, question, mode_name)
         else:
@@ -67,7 +68,7 @@ def _present(trace: Trace, json_output: bool, plain: render.PlainStream | None) 
     if json_output:
         console.print_json(trace.to_dict())
     elif plain is not None:
-        plain.flush()
+        plain.finish(trace)
         console.out.file.write("\n" + render.plain_summary(trace) + "\n")
     elif console.plain_output():
         console.out.file.write(render.plain_text(trace) + "\n" + render.plain_summary(trace) + "\n")
@@ -78,12 +79,13 @@ def _present(trace: Trace, json_output: bool, plain: render.PlainStream | None) 
 def show(
     file: Annotated[Path, typer.Argument(help="JSONL file written by `run --save`.")],
     json_output: JsonOpt = False,
+    svg: Annotated[Path | None, typer.Option("--svg", help="Also write the coloured view to this SVG file.")] = None,
 ) -> None:
     """Draw saved traces again (the same view as at the end of a run).
 
     --json prints a JSON array with one object per trace, always (also for one trace).
 
-    Example: splitreason show runs.jsonl
+    Example: splitreason show runs.jsonl --svg trace.svg
     """
     traces = list(load_jsonl(file))
     if not traces:
@@ -91,6 +93,9 @@ def show(
     if json_output:
         console.print_json([trace.to_dict() for trace in traces])
         return
+    if svg is not None:
+        render.save_svg(traces, svg)
+        console.info(f"coloured view written to {svg}")
     for trace in traces:
         console.say((f"{trace.mode} · {trace.profile} · {trace.question}", "dim"))
         _present(trace, False, None)

@@ -16,7 +16,7 @@ from splitcli import console, gpus, servers
 from splitcli.cli.common import command, load
 from splitcli.cli.options import JsonOpt, ProfileOpt, SetOpt
 from splitcli.errors import ServerError, UsageError
-from splitcli.profiles import ROLES
+from splitcli.profiles import ROLES, SERVER_KEYS
 
 
 def _uptime(seconds: float) -> str:
@@ -31,7 +31,9 @@ def _raise_on_sigterm(*_: object) -> None:
 
 def serve(
     profile: ProfileOpt = "demo",
-    only: Annotated[str | None, typer.Option(metavar="small|big", help="Start only the small or the big server.")] = None,
+    only: Annotated[str | None, typer.Option(metavar="small,big,spec,...", help=(
+        "Start only these servers: small, big, spec (the big model with speculative decoding), "
+        "annotator (gendata's). Default: small,big."))] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once ready; servers keep running.")] = False,
     overrides: SetOpt = None,
 ) -> None:
@@ -40,14 +42,16 @@ def serve(
     Example: splitreason serve --profile demo --detach
     """
     prof = load(profile, overrides)
-    if only not in (None, *ROLES):
-        raise UsageError(f"--only {only}: choose small or big")
-    roles = tuple(role for role in ROLES if only in (None, role))
-    if not any(prof.spec(role).launched for role in roles):
+    wanted = [part.strip() for part in only.split(",") if part.strip()] if only is not None else list(ROLES)
+    unknown = [key for key in wanted if key not in SERVER_KEYS]
+    if unknown or not wanted:
+        raise UsageError(f"--only {only}: choose from {', '.join(SERVER_KEYS)} (comma-separated)")
+    keys = tuple(key for key in SERVER_KEYS if key in wanted)
+    if not any(prof.spec(key).launched for key in keys):
         raise UsageError(f"profile {prof.name} uses external endpoints only; there is nothing to serve")
     started = time.monotonic()
     with console.err.status("starting servers") as spinner:
-        result = servers.ensure_servers(prof, roles, on_tick=lambda text: spinner.update(text))
+        result = servers.ensure_servers(prof, keys, on_tick=lambda text: spinner.update(text))
     for name in result.reused:
         console.info(f"reusing {name} (already running and healthy)")
     for record in result.records:

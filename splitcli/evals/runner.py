@@ -19,7 +19,7 @@ from splitcli.engine import EngineClient
 from splitcli.errors import DataError
 from splitcli.evals import grading, metrics
 from splitcli.evals.tasks import Problem, ProblemSet, derived_seed
-from splitcli.profiles import Profile
+from splitcli.profiles import Profile, ServerKey
 from splitcli.session import close_clients, open_clients, run_question
 from splitcli.trace import Model
 
@@ -33,7 +33,7 @@ TEMPLATE_PROBE = [{"role": "user", "content": "splitreason template probe: what 
 class EvalPlan:
     profile: Profile
     mode: str
-    roles: tuple[Model, ...]
+    servers: dict[Model, ServerKey]  # which server answers for each model (the mode's server_keys())
     problems: ProblemSet
     n: int
     seed: int
@@ -48,14 +48,17 @@ class EvalPlan:
 def config_fingerprint(plan: EvalPlan) -> dict[str, Any]:
     """What decides the samples, known before any server runs; a resumed run must match it."""
     profile = plan.profile.model_dump(mode="json", exclude={"name", "description", "eval"})
-    for role in ("small", "big"):  # where a server listens or how it starts does not change the samples
-        for key in ("host", "port", "startup_timeout", "endpoints", "env", "gpus", "gpu_memory"):
-            profile[role].pop(key, None)
+    models = {}
+    for role, key in plan.servers.items():
+        spec = plan.profile.spec(key).model_dump(mode="json")
+        for setting in ("host", "port", "startup_timeout", "endpoints", "env", "gpus", "gpu_memory"):
+            spec.pop(setting, None)  # where a server listens or how it starts does not change the samples
+        models[role] = spec
     task = plan.problems.task
     return {
         "mode": plan.mode,
         "knobs": plan.profile.modes.get(plan.mode, {}),
-        "models": {role: profile[role] for role in plan.roles},
+        "models": models,
         "sampling": profile["sampling"],
         "prompt": profile["prompt"],
         "seed": plan.seed,
@@ -188,7 +191,7 @@ async def run_sample(plan: EvalPlan, clients: dict[Model, EngineClient], problem
 async def run_samples(plan: EvalPlan, run_dir: RunDir, pending: list[tuple[Problem, int]],
                       on_done: Callable[[dict[str, Any]], None]) -> None:
     """The pending samples, `concurrency` at a time, over one connection pool per model."""
-    clients = open_clients(plan.profile, plan.roles, max_connections=max(64, plan.concurrency * 4))
+    clients = open_clients(plan.profile, plan.servers, max_connections=max(64, plan.concurrency * 4))
     gate = asyncio.Semaphore(plan.concurrency)
 
     async def one(problem: Problem, index: int) -> None:
@@ -204,7 +207,7 @@ async def run_samples(plan: EvalPlan, run_dir: RunDir, pending: list[tuple[Probl
 
 
 async def describe_servers(plan: EvalPlan) -> dict[str, Any]:
-    clients = open_clients(plan.profile, plan.roles)
+    clients = open_clients(plan.profile, plan.servers)
     try:
         return await served_fingerprint(clients)
     finally:

