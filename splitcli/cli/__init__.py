@@ -39,9 +39,9 @@ def _root(
 
 
 def _register() -> None:
-    from splitcli.cli import eval, profiles, run, serve, tools
+    from splitcli.cli import eval, gendata, profiles, run, serve, tools
 
-    for module in (serve, run, eval, profiles, tools):
+    for module in (serve, run, eval, gendata, profiles, tools):
         module.register(app)
 
 

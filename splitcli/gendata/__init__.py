@@ -1,0 +1,1 @@
+"""`splitreason gendata`: SplitReason training data from reasoning traces (annotate, align, export)."""
