@@ -16,7 +16,7 @@ from rich.text import Text
 
 from splitcli.console import BIG_STYLE, SMALL_STYLE, TAG_STYLE
 from splitcli.console import err as err_console
-from splitcli.trace import Segment, SegmentFeed, Trace
+from splitcli.trace import Model, Segment, SegmentFeed, Trace
 
 STYLES = {"small": SMALL_STYLE, "big": BIG_STYLE}
 
@@ -143,13 +143,27 @@ def _marked(segment: Segment, text: str) -> str:
 class PlainStream(SegmentFeed):
     """Plain text on stdout as it is generated (see SegmentFeed), `[big]...[/big]` around big text."""
 
-    def __init__(self, out: Any = None, defer: bool = False) -> None:
+    def __init__(self, out: Any = None, defer: bool = False, provisional: tuple[Model, ...] = ("big",)) -> None:
         self.out = out or sys.stdout
-        super().__init__(self._write, defer)
+        self.in_big = False
+        super().__init__(self._write, defer, provisional)
 
     def _write(self, model: str, text: str) -> None:
-        self.out.write(f"[big]{text}[/big]" if model == "big" and text else text)
+        if (model == "big") != self.in_big:
+            self.out.write("[big]" if model == "big" else "[/big]")
+            self.in_big = model == "big"
+        self.out.write(text)
         self.out.flush()
+
+    def __call__(self, event: str, segment: Segment) -> None:
+        super().__call__(event, segment)
+        if event == "open" and self.in_big and segment.model != "big":
+            self._write("small", "")  # the big segment before it is complete: close its marker
+
+    def finish(self, trace: Trace) -> None:
+        super().finish(trace)
+        if self.in_big:
+            self._write("small", "")
 
 
 class LiveView:

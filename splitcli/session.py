@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from splitcli.engine import Completion, EngineClient, Prompt
+from splitcli.engine import Completion, EngineClient, Prefixed, Prompt
 from splitcli.errors import EngineError, UsageError
 from splitcli.profiles import Profile, PromptConfig, Sampling, ServerKey
 from splitcli.servers import serve_hint
@@ -114,17 +114,23 @@ class CutFinder:
         return self.pending
 
 
+def open_pool(profile: Profile, keys: list[ServerKey], max_connections: int = 64) -> dict[ServerKey, EngineClient]:
+    """One client per server (for a service that serves every mode: small, big, spec)."""
+    return {key: _client(profile, "small" if key == "small" else "big", key, max_connections) for key in keys}
+
+
+def _client(profile: Profile, role: Model, key: ServerKey, max_connections: int) -> EngineClient:
+    spec = profile.spec(key)
+    # A server someone else runs serves the model under its own name: the HF id will do too.
+    others = (spec.model,) if not spec.launched else ()
+    return EngineClient(role, spec.name, spec.urls, serve_hint(profile, key), max_connections=max_connections,
+                        other_names=others)
+
+
 def open_clients(profile: Profile, servers: dict[Model, ServerKey], max_connections: int = 64) -> dict[Model, EngineClient]:
     """One client (one connection pool) per model, for all the sessions of one command; `servers`
     says which server answers for each model (a mode's `server_keys()`)."""
-    clients = {}
-    for role, key in servers.items():
-        spec = profile.spec(key)
-        # A server someone else runs serves the model under its own name: the HF id will do too.
-        others = (spec.model,) if not spec.launched else ()
-        clients[role] = EngineClient(role, spec.name, spec.urls, serve_hint(profile, key),
-                                     max_connections=max_connections, other_names=others)
-    return clients
+    return {role: _client(profile, role, key, max_connections) for role, key in servers.items()}
 
 
 async def close_clients(clients: dict[Model, EngineClient]) -> None:
@@ -187,6 +193,7 @@ class Session:
                     f"{context.max_model_len} tokens (shorten it, or raise {role}.max_model_len)"
                 )
         budget, prompt = self.sampling.max_tokens, self.contexts[self.roles[0]].prompt_tokens
+        self.trace.prompt_tokens = prompt
         if prompt >= budget:
             raise UsageError(
                 f"the question makes a {prompt}-token prompt, which leaves nothing of the {budget}-token budget "
@@ -221,12 +228,16 @@ class Session:
 
     # ------------------------------------------------------------ budget
     def room(self) -> int:
-        """Tokens left in the budget (prompt included, as in the paper's 16384); text already queued
-        to start a model's next segment (a closing tag) is counted as spent."""
+        """Tokens left in the budget (prompt included, as in the paper's 16384, and at most
+        `max_new_tokens` generated); text already queued to start a model's next segment (a closing
+        tag) is counted as spent."""
         primary = self.contexts[self.roles[0]]
         generated = sum(segment.tokens for segment in self.trace.kept_segments)
         queued = sum(len(ids) for ids, _ in self._prefix.values())
-        return self.sampling.max_tokens - primary.prompt_tokens - generated - queued
+        room = self.sampling.max_tokens - primary.prompt_tokens - generated - queued
+        if self.sampling.max_new_tokens is not None:
+            room = min(room, self.sampling.max_new_tokens - generated - queued)
+        return room
 
     def _max_new(self, role: Model, wanted: int) -> int:
         context = self.contexts[role]
@@ -271,18 +282,26 @@ class Session:
         context = self.contexts[role]
         if context.pending:
             pending, context.pending = context.pending, []
-            text_run = ""
-            for ids, text in [*pending, ([], "")]:
-                if ids is None:
-                    text_run += text
-                    continue
-                if text_run:  # different tokenizer (or an unremovable tag): re-tokenise this model's way
-                    context.ids += await self.clients[role].tokenize(text_run)
-                    context.text += text_run
-                    text_run = ""
-                context.ids += ids
-                context.text += text
+            ids, text = await self._take_in(role, pending)
+            context.ids += ids
+            context.text += text
         return context.ids
+
+    async def _take_in(self, role: Model, pieces: list[tuple[list[int] | None, str]]) -> tuple[list[int], str]:
+        """Pieces as the role's ids and text: ids used as they are; a run of text pieces (another
+        tokenizer, or an unremovable tag) tokenised the role's way, as one."""
+        ids, text, text_run = [], "", ""
+        for piece_ids, piece_text in [*pieces, ([], "")]:
+            if piece_ids is None:
+                text_run += piece_text
+                continue
+            if text_run:
+                ids += await self.clients[role].tokenize(text_run)
+                text += text_run
+                text_run = ""
+            ids += piece_ids
+            text += piece_text
+        return ids, text
 
     async def hand_back(self, segment: Segment, reason: str, lead: str = "") -> bool:
         """End a big segment and queue the closing tag (after `lead`, whitespace the small model
@@ -401,17 +420,12 @@ class Session:
         handoff only the last few tokens are new to its prefix cache. Reads contexts without changing them."""
         context = self.contexts[role]
         piece = self._for_big(ids, text) if role == "big" else (ids if self.shared_tokenizer else None, text)
-        queued = [*context.pending, piece]
-        if all(piece_ids is not None for piece_ids, _ in queued):
-            prompt: Prompt = context.ids + [token for piece_ids, _ in queued for token in piece_ids or []]
-            length = len(prompt)
-        else:
-            prompt = context.text + "".join(piece_text for _, piece_text in queued)
-            length = len(context.ids)  # a lower bound; the server refuses a prompt over its context
-        if context.max_model_len and length >= context.max_model_len - 1:
-            return
         with contextlib.suppress(EngineError):  # a warm-up that fails only costs the cache it would have filled
-            await self.clients[role].complete([prompt], max_tokens=1, temperature=0.0, kind="warm")
+            new_ids, _ = await self._take_in(role, [*context.pending, piece])  # as `context()` will take them in
+            prompt = context.ids + new_ids
+            if context.max_model_len and len(prompt) >= context.max_model_len - 1:
+                return
+            await self.clients[role].complete([prompt], max_tokens=1, temperature=0.0, kind="warm", token_ids=False)
 
     async def _ids_of(self, role: Model, text: str) -> list[int]:
         """The role's tokens of a short fixed string (tags, stop strings), asked once."""
@@ -525,58 +539,60 @@ class Session:
 
     async def probe(self, role: Model, prompts: list[Prompt], max_tokens: int) -> list[Completion]:
         """Greedy continuations of many prompts in ONE batched request (vLLM shortens `max_tokens`
-        per prompt to the room its context leaves; every prompt must leave some)."""
+        per prompt to the room its context leaves; every prompt must leave some). Text only: asking
+        for token ids would send every prompt's ids back too."""
         if not prompts:
             return []
-        return await self.clients[role].complete(prompts, max_tokens=max_tokens, temperature=0.0, kind="probe")
+        return await self.clients[role].complete(prompts, max_tokens=max_tokens, temperature=0.0, kind="probe",
+                                                 token_ids=False)
 
-    async def probe_close(self, draft: Completion, start: int, stop: int, probe_tokens: int) -> list[CloseProbe]:
+    async def probe_close(self, draft: Completion, start: int, stop: int, probe_tokens: int,
+                          stride: int = 1) -> list[CloseProbe]:
         """Whether the small model would close the tag after each prefix draft[:i], start < i <= stop,
         of big-model text not yet committed to its context: one batched request of greedy probes.
-        Kept behind this one method so that probing can be made cheaper without touching the modes."""
+        `stride` > 1 probes every stride-th prefix first, an approximation: a close that a later probed
+        prefix does not repeat is missed. Kept behind this one method so that probing can be made
+        cheaper without touching the modes."""
         if stop <= start:
             return []
         base = await self.context("small")
         if self.shared_tokenizer:
-            prompts: list[Prompt] = [base + draft.token_ids[:i] for i in range(start + 1, stop + 1)]
+            tails = [draft.token_ids[:i] for i in range(start + 1, stop + 1)]
         else:
-            base_text = self.contexts["small"].text
-            prompts = [base_text + text for text in await self.prefix_texts("big", draft, start, stop)]
+            # Another tokenizer: each prefix's text in the small model's tokens, after its own context
+            # ids, exactly as `context()` would add it; re-tokenising the whole text would not be neutral.
+            texts = await self.prefix_texts("big", draft, start, stop)
+            tails = list(await asyncio.gather(*(self.clients["small"].tokenize(text) for text in texts)))
+        prompts: list[Prompt] = [Prefixed(base, tail) for tail in tails]
         # A prefix that fills the small model's context leaves it no room to write anything: vLLM
         # would reject the whole batch for it, so such prefixes are not probed (they cannot close).
         fitting = await self._fitting("small", prompts)
-        probes = await self.probe("small", prompts[:fitting], probe_tokens)
+        found = [CloseProbe(False)] * len(prompts)
+        # Every `stride`-th prefix first (1: all of them, exact); then, before the first that closes,
+        # the ones skipped (and the next one, which decides a close that needs whitespace first).
+        first_pass = [i for i in range(fitting) if (i + 1) % stride == 0 or i == fitting - 1]
+        for index, probe in zip(first_pass, await self.probe("small", [prompts[i] for i in first_pass], probe_tokens),
+                                strict=True):
+            found[index] = self._close_probe(probe)
+        hit = next((i for i in first_pass if found[i].closes), None)
+        if stride > 1 and hit is not None:
+            previous = max((i for i in first_pass if i < hit), default=-1)
+            second_pass = [i for i in [*range(previous + 1, hit), hit + 1] if i < fitting and i not in first_pass]
+            for index, probe in zip(second_pass, await self.probe("small", [prompts[i] for i in second_pass],
+                                                                  probe_tokens), strict=True):
+                found[index] = self._close_probe(probe)
+        return found
+
+    def _close_probe(self, probe: Completion) -> CloseProbe:
         marker = self.tags.close_tag[:5]  # "</big": the small model starts closing
-        found = []
-        for probe in probes:
-            stripped = probe.text.lstrip()
-            closes = stripped.startswith(marker)
-            found.append(CloseProbe(closes, probe.text[: len(probe.text) - len(stripped)] if closes else ""))
-        return found + [CloseProbe(False)] * (len(prompts) - fitting)
+        stripped = probe.text.lstrip()
+        closes = stripped.startswith(marker)
+        return CloseProbe(closes, probe.text[: len(probe.text) - len(stripped)] if closes else "")
 
     async def _fitting(self, role: Model, prompts: list[Prompt]) -> int:
-        """How many of `prompts` (each longer than the one before) leave the model room to write."""
+        """How many of `prompts` (token ids, each longer than the one before) leave the model room."""
         limit = self.contexts[role].max_model_len
-        if not limit or not prompts:
-            return len(prompts)
-        sizes: dict[int, int] = {}
-
-        async def size(index: int) -> int:
-            prompt = prompts[index]
-            if index not in sizes:
-                sizes[index] = len(prompt) if isinstance(prompt, list) else len(await self.clients[role].tokenize(prompt))
-            return sizes[index]
-
-        if await size(len(prompts) - 1) < limit:
-            return len(prompts)
-        low, high = 0, len(prompts) - 1  # the first prompt that does not fit lies in [low, high]
-        while low < high:
-            middle = (low + high) // 2
-            if await size(middle) < limit:
-                low = middle + 1
-            else:
-                high = middle
-        return low
+        return sum(1 for prompt in prompts if not limit or len(prompt) < limit)
 
 
 def _reason(result: Completion) -> str | None:
@@ -589,9 +605,11 @@ def _reason(result: Completion) -> str | None:
 
 async def run_question(profile: Profile, question: str, mode_name: str, *, stream: bool = True,
                        watch: Callable[[Trace], None] | None = None,
-                       clients: dict[Model, EngineClient] | None = None, sampling: Sampling | None = None) -> Trace:
-    """Run one question through a mode; on failure the partial trace comes back with `error` set.
-    `clients`: shared connection pools (eval, the API); `sampling`: this run's sampling, e.g. a seed."""
+                       clients: dict[Model, EngineClient] | None = None, sampling: Sampling | None = None,
+                       partial_on_error: bool = True) -> Trace:
+    """Run one question through a mode; on failure the partial trace comes back with `error` set
+    (or, with `partial_on_error=False`, the error is raised). `clients`: shared connection pools
+    (eval, the API); `sampling`: this run's sampling, e.g. a seed."""
     from splitcli.modes import get_mode, mode_options
 
     if not question.strip():
@@ -615,6 +633,8 @@ async def run_question(profile: Profile, question: str, mode_name: str, *, strea
     except EngineError as exc:
         # A server down or dying mid-run: keep what was generated, with the reason.
         trace.finish(error=str(exc))
+        if not partial_on_error:
+            raise
     finally:
         await session.aclose()
     return trace

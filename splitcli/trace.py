@@ -95,6 +95,7 @@ class Trace:
     options: dict[str, Any] = field(default_factory=dict)
     sampling: dict[str, Any] = field(default_factory=dict)
     handoff: str = "text"  # token_ids when both models share a tokenizer
+    prompt_tokens: int = 0  # of the prompt the budget counts (the first model's)
     # What a mode measures beyond segments and calls (e.g. speculative decoding's acceptance).
     extra: dict[str, Any] = field(default_factory=dict)
     segments: list[Segment] = field(default_factory=list)
@@ -235,13 +236,16 @@ class Trace:
 
 class SegmentFeed:
     """The answer's text as it is generated, in (model, text) pieces for a listener that cannot take
-    anything back (a terminal, an HTTP stream): small text at once, big text once its segment is
-    final (a probe may still cut it). For a mode that may replace text it has shown (beams, rewrites:
-    `defer`), nothing until the end, then the kept text. Subscribe it to a Trace; call `finish` last."""
+    anything back (a terminal, an HTTP stream): text at once, except a `provisional` model's, which
+    comes once its segment is final (splitreason's big drafts: a probe may still cut them). For a mode
+    that may replace text it has shown (beams, rewrites: `defer`), nothing until the end, then the
+    kept text. Subscribe it to a Trace; call `finish` last."""
 
-    def __init__(self, sink: Callable[[Model, str], None], defer: bool = False) -> None:
+    def __init__(self, sink: Callable[[Model, str], None], defer: bool = False,
+                 provisional: tuple[Model, ...] = ("big",)) -> None:
         self.sink = sink
         self.defer = defer
+        self.provisional = provisional
         self.current: Segment | None = None
         self.sent = 0
 
@@ -251,7 +255,7 @@ class SegmentFeed:
         if event == "open" and segment is not self.current:
             self._flush()
             self.current, self.sent = segment, 0
-        elif event == "update" and segment.model == "small" and segment is self.current:
+        elif event == "update" and segment.model not in self.provisional and segment is self.current:
             self._send(segment, segment.text[self.sent:])
 
     def _send(self, segment: Segment, text: str) -> None:

@@ -58,7 +58,7 @@ def test_json_schema() -> None:
     assert set(trace) >= {"version", "question", "mode", "profile", "models", "options", "sampling", "handoff",  # type: ignore[arg-type]
                           "segments", "calls", "wall_seconds", "error", "stats"}
     assert trace["version"] == 2 and trace["mode"] == "splitreason"  # type: ignore[index]
-    assert trace["options"] == {"chunk": 64, "probe_tokens": 8, "big_segment_cap": 512}  # type: ignore[index]
+    assert trace["options"] == {"chunk": 64, "probe_tokens": 8, "big_segment_cap": 512, "probe_stride": 1}  # type: ignore[index]
     segment = trace["segments"][0]  # type: ignore[index]
     assert set(segment) == {"model", "text", "token_ids", "start", "end", "first_token", "prompt_tokens",
                             "cached_tokens", "finish_reason", "dropped_tokens", "kept", "branch"}
@@ -102,14 +102,14 @@ def test_an_endpoint_serving_another_name_is_one_line(tmp_path: Path) -> None:
     profile = tmp_path / "external.yaml"
     # name: demo, so that the small server is the running demo-small
     profile.write_text("extends: demo\nname: demo\n"
-                       "big: {model: demo:big, served_name: big, endpoints: [http://127.0.0.1:8102]}\n")
+                       "big: {model: demo:big, served_name: big, endpoints: [http://127.0.0.1:8102], speculative: null}\n")
     result = cli("run", DEMO_QUESTION, "--profile", str(profile))
     assert result.code == 2
     assert result.err.strip().splitlines()[-1] == (
         "error: big server http://127.0.0.1:8102 serves 'demo-big', not 'big' (set big.served_name to the name it serves)")
     by_model = tmp_path / "by-model.yaml"
     by_model.write_text("extends: demo\nname: demo\n"
-                        "big: {model: demo-big, served_name: big, endpoints: [http://127.0.0.1:8102]}\n")
+                        "big: {model: demo-big, served_name: big, endpoints: [http://127.0.0.1:8102], speculative: null}\n")
     trace = cli("run", DEMO_QUESTION, "--profile", str(by_model), "--json").json()
     assert trace["served"]["big"]["name"] == "demo-big" and trace["stats"]["answer"] == "43"  # type: ignore[index]
 
@@ -165,7 +165,7 @@ def test_save_then_show(tmp_path: Path) -> None:
     ([DEMO_QUESTION, "--mode", "fast"],
      "error: unknown mode 'fast' (choose one of: big-only, logprob-subselect, random-switch, small-only, "
      "spec-decoding, spec-rewrite, splitreason, splitreason-stream)"),
-    (["x " * 1200], "error: the question makes a 2435-token prompt, over the small model's context of 1024 tokens "
+    (["x " * 1200], "error: the question makes a 2437-token prompt, over the small model's context of 1024 tokens "
                     "(shorten it, or raise small.max_model_len)"),
 ])
 def test_bad_input_is_one_line_with_exit_2(args: list[str], message: str) -> None:

@@ -44,7 +44,8 @@ def run(
         console.info("demo profile: tiny demonstration models that know only `splitreason demo questions`")
     with servers_in_use(prof, keys, keep):
         live = not (json_output or no_stream or console.plain_output())
-        plain = None if (json_output or no_stream or live) else render.PlainStream(defer=mode_class.replaces_text)
+        plain = None if (json_output or no_stream or live) else render.PlainStream(defer=mode_class.replaces_text,
+                                                                                          provisional=mode_class.provisional)
         if live:
             trace = _run_live(render.LiveView(console.out), prof, question, mode_name)
         else:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from splitcli.errors import UsageError
 from splitcli.profiles import Profile, ServerKey, describe_error, first_error, format_loc
+from splitcli.trace import SegmentFeed
 
 if TYPE_CHECKING:
     from splitcli.session import Session
@@ -38,6 +40,13 @@ class Mode(ABC):
     roles: ClassVar[tuple[Model, ...]] = ("small", "big")
     # Text it shows may later be replaced (beams, rewrites): plain output waits for the end.
     replaces_text: ClassVar[bool] = False
+    # Models whose drafts may still be cut (splitreason's big segments): their text is shown once final.
+    provisional: ClassVar[tuple[Model, ...]] = ()
+
+    @classmethod
+    def feed(cls, sink: Callable[[Model, str], None]) -> SegmentFeed:
+        """The mode's text as it is generated, without anything that may still be taken back."""
+        return SegmentFeed(sink, defer=cls.replaces_text, provisional=cls.provisional)
     # Which server answers for a model, where not its own (spec-decoding: the big model's spec server).
     servers: ClassVar[dict[Model, ServerKey]] = {}
 

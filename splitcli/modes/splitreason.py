@@ -20,6 +20,8 @@ class SplitReasonOptions(ModeOptions):
     chunk: int = Field(64, ge=1, description="big-model tokens per chunk between probes")
     probe_tokens: int = Field(8, ge=1, description="tokens the small model writes per probe")
     big_segment_cap: int = Field(512, ge=1, description="longest big segment before </bigmodel> is forced")
+    probe_stride: int = Field(1, ge=1, description="probe every Nth prefix, then those before a close "
+                                                   "(cheaper, approximate: a close not repeated is missed; 1 is exact)")
 
 
 @register
@@ -28,6 +30,7 @@ class SplitReason(Mode):
     summary = "small model writes, big model takes the parts it marks with <bigmodel> (the paper)"
     Options = SplitReasonOptions
     uses_hint = True
+    provisional = ("big",)  # a probe may still cut the big model's draft
     options: SplitReasonOptions
 
     async def run(self, session: Session, trace: Trace) -> None:
@@ -51,7 +54,9 @@ class SplitReason(Mode):
             if finder.pending is not None:
                 size = 1  # one more token decides a pending cut
             draft = await session.draft("big", segment, size)
-            cut = finder.feed(await session.probe_close(draft, 0, len(draft.token_ids), self.options.probe_tokens))
+            probes = await session.probe_close(draft, 0, len(draft.token_ids), self.options.probe_tokens,
+                                               self.options.probe_stride)
+            cut = finder.feed(probes)
             if cut is not None:
                 await session.keep("big", segment, draft, cut.index - written)
                 return await session.hand_back(segment, "handback", cut.lead)

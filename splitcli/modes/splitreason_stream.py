@@ -23,6 +23,8 @@ class StreamOptions(ModeOptions):
     bucket: int = Field(8, ge=1, description="big-model tokens per batch of probes, sent while it streams on")
     probe_tokens: int = Field(6, ge=1, description="tokens the small model writes per probe")
     big_segment_cap: int = Field(128, ge=1, description="longest big segment before </bigmodel> is forced")
+    probe_stride: int = Field(1, ge=1, description="probe every Nth prefix, then those before a close "
+                                                   "(cheaper, approximate: a close not repeated is missed; 1 is exact)")
     warm_every: int = Field(128, ge=0, description="tokens between warm-ups of the idle model (0: none)")
 
 
@@ -32,6 +34,7 @@ class SplitReasonStream(Mode):
     summary = "splitreason with the big model streamed, probes pipelined and warm handoffs (measured, not simulated)"
     Options = StreamOptions
     uses_hint = True
+    provisional = ("big",)  # a probe may still cut the big model's draft
     options: StreamOptions
 
     async def run(self, session: Session, trace: Trace) -> None:
@@ -81,7 +84,8 @@ class SplitReasonStream(Mode):
             arrived = live.tokens
             if arrived - probed >= self.options.bucket or (live.finished and arrived > probed):
                 in_flight.append(session.in_background(
-                    session.probe_close(live.completion, probed, arrived, self.options.probe_tokens)))
+                    session.probe_close(live.completion, probed, arrived, self.options.probe_tokens,
+                                        self.options.probe_stride)))
                 probed = arrived
             while in_flight and in_flight[0].done():
                 cut = finder.feed(in_flight.popleft().result())
