@@ -21,8 +21,8 @@ Role = Literal["small", "big"]
 ROLES: tuple[Role, Role] = ("small", "big")
 # The servers a profile can launch: the pair, the big model with speculative decoding (its own
 # server, for the spec-decoding mode), and the annotator of gendata.
-ServerKey = Literal["small", "big", "spec", "annotator"]
-SERVER_KEYS: tuple[ServerKey, ...] = ("small", "big", "spec", "annotator")
+ServerKey = Literal["small", "big", "spec", "annotator", "api"]
+SERVER_KEYS: tuple[ServerKey, ...] = ("small", "big", "spec", "annotator", "api")
 DEMO_PREFIX = "demo:"
 DEMO_MODELS = ("small", "big", "annotator")  # the tiny models `splitreason demo build` trains
 PROFILE_SUFFIXES = (".yaml", ".yml")
@@ -129,6 +129,7 @@ class Sampling(_Strict):
     temperature: float = Field(0.6, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(16384, ge=1, description="token budget of a whole trace, prompt included")
+    max_new_tokens: int | None = Field(None, ge=1, description="at most this many generated (kept) tokens")
     seed: int | None = None
 
 
@@ -213,6 +214,17 @@ class GendataSection(_Strict):
     limit: int | None = Field(None, ge=1)
 
 
+class ApiSection(_Strict):
+    """The OpenAI-compatible API `splitreason serve --api` puts in front of the pair."""
+
+    host: str = Field("127.0.0.1", description="address to bind (0.0.0.0: every interface)")
+    port: int = Field(8100, ge=1, le=65535)
+    max_in_flight: int = Field(8, ge=1, description="sessions running at once")
+    max_queue: int = Field(64, ge=0, description="requests waiting beyond those; more get 429")
+    api_key_env: str | None = Field(None, description="environment variable (or .env entry) with the key clients must send")
+    log_prompts: bool = Field(False, description="log each question (off: prompts are not logged)")
+
+
 class Profile(_Strict):
     name: str = ""
     description: str = ""
@@ -225,6 +237,7 @@ class Profile(_Strict):
     eval: EvalSection = Field(default_factory=EvalSection)
     annotator: AnnotatorSpec = Field(default_factory=lambda: AnnotatorSpec(use="big"))
     gendata: GendataSection = Field(default_factory=GendataSection)
+    api: ApiSection = Field(default_factory=ApiSection)
 
     # Where each value came from, so that an error names the file or the --set argument to fix.
     _source: Path | None = PrivateAttr(default=None)
@@ -250,7 +263,19 @@ class Profile(_Strict):
             if annotator.server is not None:
                 return annotator.server
             return ModelSpec(model=annotator.model or "", endpoints=[annotator.endpoint or ""])
+        if key == "api":  # not a vLLM server: its model name is the API's own model id
+            return ModelSpec(model="splitreason", host=self.api.host, port=self.api.port, startup_timeout=120)
         raise self.problem(key, f"no server {key!r} in this profile")
+
+    @property
+    def source(self) -> Path | None:
+        """The profile file this was loaded from."""
+        return self._source
+
+    @property
+    def overrides(self) -> list[str]:
+        """The --set arguments applied on top of the file."""
+        return list(self._overrides.values())
 
     def annotator_server(self) -> ServerKey | None:
         """The server gendata needs running: the pair's, its own, or none (an endpoint)."""

@@ -309,6 +309,19 @@ def build_env(spec: ModelSpec, marker: str) -> dict[str, str]:
     return env
 
 
+def api_command(profile: Profile) -> list[str]:
+    """The OpenAI-compatible API over a profile, as a process of its own (splitcli.api)."""
+    api = profile.api
+    command = [sys.executable, "-m", "splitcli.api", "--profile", str(profile.source or profile.name),
+               "--host", api.host, "--port", str(api.port), "--max-in-flight", str(api.max_in_flight),
+               "--max-queue", str(api.max_queue)]
+    for assignment in profile.overrides:
+        command += ["--set", assignment]
+    if api.api_key_env:
+        command += ["--api-key-env", api.api_key_env]
+    return command + (["--log-prompts"] if api.log_prompts else [])
+
+
 def launch(profile: Profile, key: ServerKey, temporary: bool = False) -> ServerRecord:
     """Start one server in its own process session and record it; does not wait for readiness."""
     from splitcli import demo
@@ -321,10 +334,9 @@ def launch(profile: Profile, key: ServerKey, temporary: bool = False) -> ServerR
         raise ServerError(
             f"port {spec.port} is in use by {holder}: stop it, or pick another port with --set {setting}=N"
         )
-    model_path = demo.resolve_model(spec.model)
     marker = f"{name}:{uuid.uuid4().hex[:12]}"
     log_path = paths.logs_dir() / f"{name}.log"
-    command = build_command(spec, model_path)
+    command = api_command(profile) if key == "api" else build_command(spec, demo.resolve_model(spec.model))
     with open(log_path, "wb") as log:
         log.write(f"$ {' '.join(command)}\n".encode())
         log.flush()
@@ -339,7 +351,14 @@ def launch(profile: Profile, key: ServerKey, temporary: bool = False) -> ServerR
         log_path=str(log_path), command=command, marker=marker, temporary=temporary,
     )
     record.save()
+    _LAUNCHED[proc.pid] = proc
     return record
+
+
+# The Popen objects of the servers this process launched. Holding them matters: a Popen that is
+# garbage-collected while its child runs is reaped by the next Popen anywhere in the process, and
+# its exit code is then lost to us.
+_LAUNCHED: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def log_tail(record: ServerRecord, lines: int = LOG_TAIL_LINES) -> str:
@@ -351,12 +370,9 @@ def log_tail(record: ServerRecord, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def _exit_code(record: ServerRecord) -> int | None:
-    """Exit code of our own child if it has ended; reaps it so it is no zombie."""
-    with contextlib.suppress(ChildProcessError):
-        pid, status_word = os.waitpid(record.pid, os.WNOHANG)
-        if pid == record.pid:
-            return os.waitstatus_to_exitcode(status_word)
-    return None
+    """Exit code of a server this process launched, once it has ended (reaped: no zombie)."""
+    proc = _LAUNCHED.get(record.pid)
+    return proc.poll() if proc is not None else None
 
 
 def wait_ready(records: list[ServerRecord], timeout: float, on_tick: Callable[[str], None] | None = None) -> None:
@@ -368,6 +384,8 @@ def wait_ready(records: list[ServerRecord], timeout: float, on_tick: Callable[[s
     while pending:
         for record in list(pending):
             code = _exit_code(record)
+            if code is None and record.leader() is None:
+                code = _exit_code(record)  # it ended between the two looks
             if code is not None or record.leader() is None:
                 shown = f"code {code}" if code is not None else "an unknown code"
                 raise ServerError(

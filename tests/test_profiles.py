@@ -24,7 +24,8 @@ BAD_CASES = {
         "smal: {model: s}\nbig: {model: b}", "smal: unknown key (did you mean 'small'?) [+1 more]"),
     "unknown key, nothing close": (
         "small: {model: s, port: 1}\nbig: {model: b}\nsampling: {zzz: 1}",
-        "sampling.zzz: unknown key (remove it or check its spelling; allowed here: temperature, top_p, max_tokens, seed)",
+        "sampling.zzz: unknown key (remove it or check its spelling; allowed here: temperature, top_p, max_tokens, "
+        "max_new_tokens, seed)",
     ),
     "empty file": ("", "the profile is empty (write at least `small:` and `big:`, or `extends: demo`)"),
     "unknown demo model": (
@@ -132,7 +133,7 @@ def test_set_that_breaks_a_rule_names_the_set_argument() -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--set", "nonexist=1"], "error: --set nonexist=1: nonexist: unknown key (remove it or check its spelling; "
                               "allowed here: name, description, small, big, mode, modes, sampling, prompt, eval, "
-                              "annotator, gendata)"),
+                              "annotator, gendata, api)"),
     (["--set", "smal.port=1"], "error: --set smal.port=1: smal: unknown key (did you mean 'small'?)"),
     (["--set", "modes.splitreason.chunk=0"],
      "error: --set modes.splitreason.chunk=0: modes.splitreason.chunk: Input should be greater than or equal to 1 "
@@ -194,7 +195,7 @@ def test_profiles_list_says_in_full_why_a_profile_is_invalid(tmp_path: Path) -> 
 def test_profiles_show_lists_every_modes_knobs_with_defaults() -> None:
     shown = cli("profiles", "show", "demo", "--json", "--set", "modes.splitreason.chunk=16").json()
     modes = shown["modes"]  # type: ignore[index]
-    assert modes["splitreason"] == {"chunk": 16, "probe_tokens": 8, "big_segment_cap": 512}
+    assert modes["splitreason"] == {"chunk": 16, "probe_tokens": 8, "big_segment_cap": 512, "probe_stride": 1}
     assert modes["random-switch"] == {"ratio": 9, "chunk": 32, "seed": None}
     assert set(modes) >= {"big-only", "small-only"}
 

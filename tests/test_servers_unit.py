@@ -110,7 +110,7 @@ def test_stop_needs_a_name_or_all() -> None:
 def test_only_takes_server_keys() -> None:
     result = cli("serve", "--only", "small,medium")
     assert result.code == 2
-    assert result.err.strip() == "error: --only small,medium: choose from small, big, spec, annotator (comma-separated)"
+    assert result.err.strip() == "error: --only small,medium: choose from small, big, spec, annotator, api (comma-separated)"
 
 
 def test_servers_sharing_a_gpu_start_one_after_the_other() -> None:

@@ -35,14 +35,27 @@ def serve(
         "Start only these servers: small, big, spec (the big model with speculative decoding), "
         "annotator (gendata's). Default: small,big."))] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once ready; servers keep running.")] = False,
+    api: Annotated[bool, typer.Option("--api", help="Also serve the OpenAI-compatible API over the pair.")] = False,
+    api_port: Annotated[int | None, typer.Option("--api-port", min=1, max=65535, metavar="PORT",
+                                                 help="The API's port (default: api.port, 8100).")] = None,
+    host: Annotated[str | None, typer.Option("--host", metavar="ADDRESS",
+                                             help="Address the API binds (default: 127.0.0.1).")] = None,
+    api_key_env: Annotated[str | None, typer.Option("--api-key-env", metavar="NAME",
+                                                    help="Require the key in this variable (environment or .env).")] = None,
     overrides: SetOpt = None,
 ) -> None:
-    """Start the profile's vLLM servers and wait until they answer.
+    """Start the profile's vLLM servers and wait until they answer; with --api, the
+    OpenAI-compatible API in front of them too (model ids: splitreason, splitreason/MODE).
 
-    Example: splitreason serve --profile demo --detach
+    Example: splitreason serve --profile demo --api --detach
     """
-    prof = load(profile, overrides)
+    extra = [f"api.port={api_port}"] if api_port else []
+    extra += [f"api.host={host}"] if host else []
+    extra += [f"api.api_key_env={api_key_env}"] if api_key_env else []
+    prof = load(profile, [*(overrides or []), *extra])
     wanted = [part.strip() for part in only.split(",") if part.strip()] if only is not None else list(ROLES)
+    if api and "api" not in wanted:
+        wanted.append("api")
     unknown = [key for key in wanted if key not in SERVER_KEYS]
     if unknown or not wanted:
         raise UsageError(f"--only {only}: choose from {', '.join(SERVER_KEYS)} (comma-separated)")

@@ -1,0 +1,266 @@
+"""The OpenAI-compatible endpoint on the real demo pair, through real clients: the official `openai`
+client, lm-evaluation-harness, 32 concurrent streams, a client that goes away mid-stream, bad
+requests, an API key, a server that is down, and a full queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import DEMO_QUESTION, cli
+from openai import AsyncOpenAI, OpenAI
+
+from splitcli import demo
+
+pytestmark = pytest.mark.usefixtures("demo_servers")
+API = "http://127.0.0.1:8100"
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[str]:
+    """The API as `splitreason serve --api` starts it: a managed server beside the running pair."""
+    started = cli("serve", "--profile", "demo", "--only", "small,big,spec", "--api", "--detach", timeout=300)
+    assert started.code == 0, started.err
+    yield API
+    cli("stop", "demo-api")
+
+
+def _client(base: str = API, key: str = "unused") -> OpenAI:
+    return OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+
+
+def _metric(port: int, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def test_models_list_one_id_per_mode(api: str) -> None:
+    ids = [model.id for model in _client().models.list().data]
+    assert ids[0] == "splitreason"
+    assert {"splitreason/splitreason", "splitreason/big-only", "splitreason/splitreason-stream",
+            "splitreason/spec-decoding"} <= set(ids)
+
+
+def test_chat_with_the_official_client_streamed_and_not(api: str) -> None:
+    client = _client()
+    reply = client.chat.completions.create(model="splitreason", messages=[{"role": "user", "content": DEMO_QUESTION}])
+    message = reply.choices[0].message
+    assert message.content == "The answer is \\boxed{43}."
+    assert message.model_extra["reasoning_content"] == (  # type: ignore[index]
+        "First, 12 * 3 = 36. <bigmodel>Then 36 + 7 = 43. </bigmodel>So the total is 43.\n")
+    assert reply.choices[0].finish_reason == "stop"
+    usage = reply.usage.model_extra["splitreason"]  # type: ignore[union-attr,index]
+    assert reply.usage.completion_tokens == usage["tokens"]["small"] + usage["tokens"]["big"]  # type: ignore[union-attr]
+    assert usage["tokens"]["big"] > 0 and usage["handoffs"] == 2 and 0 < usage["offload_share"] < 1
+    assert reply.usage.prompt_tokens > 0  # type: ignore[union-attr]
+
+    stream = client.chat.completions.create(model="splitreason", messages=[{"role": "user", "content": DEMO_QUESTION}],
+                                            stream=True, stream_options={"include_usage": True})
+    reasoning, content, writers, finish, streamed_usage = "", "", [], None, None
+    for chunk in stream:
+        if not chunk.choices:
+            streamed_usage = chunk.usage
+            continue
+        delta = chunk.choices[0].delta
+        reasoning += delta.model_extra.get("reasoning_content") or ""  # type: ignore[operator]
+        content += delta.content or ""
+        if delta.content or delta.model_extra.get("reasoning_content"):  # type: ignore[union-attr]
+            writers.append(chunk.choices[0].model_extra["splitreason_model"])  # type: ignore[index]
+        finish = chunk.choices[0].finish_reason or finish
+    assert content == message.content and reasoning == message.model_extra["reasoning_content"]  # type: ignore[index]
+    assert set(writers) == {"small", "big"} and finish == "stop"
+    assert streamed_usage is not None and streamed_usage.completion_tokens == reply.usage.completion_tokens  # type: ignore[union-attr]
+
+
+def test_completions_streamed_and_not_with_a_mode_by_model_id(api: str) -> None:
+    client = _client()
+    reply = client.completions.create(model="splitreason/big-only", prompt="What is 2 to the power 10?")
+    assert reply.choices[0].text.endswith("\\boxed{1024}.")
+    assert reply.usage.model_extra["splitreason"]["tokens"]["small"] == 0  # type: ignore[union-attr,index]
+    text = "".join(chunk.choices[0].text for chunk in client.completions.create(
+        model="splitreason/big-only", prompt="What is 2 to the power 10?", stream=True) if chunk.choices)
+    assert text == reply.choices[0].text
+    two = client.completions.create(model="splitreason", prompt=DEMO_QUESTION, n=2, max_tokens=10)
+    assert len(two.choices) == 2 and two.usage.completion_tokens == 20  # type: ignore[union-attr]
+    stopped = client.completions.create(model="splitreason", prompt=DEMO_QUESTION, stop=["36 +"])
+    assert stopped.choices[0].text == "First, 12 * 3 = 36. <bigmodel>Then " and stopped.choices[0].finish_reason == "stop"
+
+
+def test_32_concurrent_streams_all_answer_right(api: str) -> None:
+    client = AsyncOpenAI(base_url=f"{API}/v1", api_key="unused", max_retries=0, timeout=300)
+    items = [demo.QUESTIONS[i % len(demo.QUESTIONS)] for i in range(32)]
+
+    async def one(question: str) -> str:
+        stream = await client.chat.completions.create(model="splitreason", stream=True,
+                                                      messages=[{"role": "user", "content": question}])
+        return "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+
+    async def all_of_them() -> list[str]:
+        try:
+            return await asyncio.gather(*(one(item.question) for item in items))
+        finally:
+            await client.close()
+
+    answers = asyncio.run(all_of_them())
+    assert answers == [f"The answer is \\boxed{{{item.answer}}}." for item in items]
+
+
+def test_a_client_that_goes_away_mid_stream_stops_the_generation(api: str) -> None:
+    before = httpx.get(f"{API}/splitreason/stats").json()["cancelled"]
+    generated = _metric(8102, "vllm:generation_tokens_total")
+    body = {"model": "splitreason/big-only", "prompt": DEMO_QUESTION, "stream": True, "max_tokens": 900,
+            "temperature": 1.8}  # random text: no early end
+    with httpx.Client(timeout=60) as client, client.stream("POST", f"{API}/v1/completions", json=body) as response:
+        chunks = 0
+        for line in response.iter_lines():
+            chunks += line.startswith("data: {")
+            if chunks >= 3:
+                break  # leave: the connection closes here
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        running = _metric(8101, "vllm:num_requests_running") + _metric(8102, "vllm:num_requests_running")
+        cancelled = httpx.get(f"{API}/splitreason/stats").json()["cancelled"]
+        if running == 0 and cancelled > before:
+            break
+        time.sleep(0.2)
+    assert cancelled == before + 1 and running == 0
+    assert _metric(8102, "vllm:generation_tokens_total") - generated < 900  # nothing kept generating for nobody
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]}, 400,
+     "unknown model 'gpt-5' (choose one of: splitreason, splitreason/big-only, "),
+    ({"model": "splitreason", "messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400,
+     "temperature: Input should be greater than or equal to 0"),
+    ({"model": "splitreason", "messages": [{"role": "user", "content": "hi"}], "n": 0}, 400,
+     "n: Input should be greater than or equal to 1"),
+    ({"model": "splitreason", "messages": []}, 400, "messages: List should have at least 1 item"),
+    ({"model": "splitreason", "messages": [{"role": "system", "content": "be nice"}]}, 400,
+     "messages: no user message (the last user message is the question)"),
+    ({"model": "splitreason", "messages": [{"role": "user", "content": "x " * 1200}]}, 400,
+     "the question makes a "),
+])
+def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(api: str, body: dict[str, object], status: int,
+                                                                       message: str) -> None:
+    response = httpx.post(f"{API}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["message"].startswith(message) and error["type"] == "invalid_request_error"
+    if message == "the question makes a ":
+        assert "-token prompt, over the small model's context of 1024 tokens" in error["message"]
+    assert "Traceback" not in response.text
+    assert _client().completions.create(model="splitreason", prompt=DEMO_QUESTION, max_tokens=4).choices
+
+
+def test_the_detached_api_is_a_managed_server(api: str) -> None:
+    rows = {row["name"]: row for row in cli("ps", "--json").json()}  # type: ignore[union-attr]
+    assert rows["demo-api"]["status"] == "healthy" and rows["demo-api"]["port"] == 8100
+    assert "Application startup complete" in cli("logs", "demo-api", "-n", "1000").out
+    assert DEMO_QUESTION not in cli("logs", "demo-api", "-n", "500").out  # prompts are not logged
+
+
+def _api_process(port: int, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "splitcli.api", "--profile", "demo", "--port", str(port), *args],
+                            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("the API did not come up")
+
+
+def test_an_api_key_is_enforced_and_a_full_queue_answers_429() -> None:
+    proc = _api_process(8120, "--api-key-env", "TEST_API_KEY", "--max-in-flight", "1", "--max-queue", "0",
+                        env={"TEST_API_KEY": "secret-123"})
+    try:
+        base = "http://127.0.0.1:8120"
+        missing = httpx.get(f"{base}/v1/models")
+        assert missing.status_code == 401 and missing.json()["error"]["message"].startswith("the API key is missing")
+        wrong = httpx.get(f"{base}/v1/models", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["message"].startswith("the API key is wrong")
+        assert _client(base, "secret-123").models.list().data
+
+        async def two_at_once() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=60, headers={"Authorization": "Bearer secret-123"}) as client:
+                body = {"model": "splitreason", "prompt": DEMO_QUESTION}  # about a second on the demo pair
+                first = asyncio.ensure_future(client.post(f"{base}/v1/completions", json=body))
+                while (await client.get(f"{base}/splitreason/stats")).json()["running"] < 1:
+                    await asyncio.sleep(0.01)  # until the first holds the only place in flight
+                second = await client.post(f"{base}/v1/completions", json=body)
+                return [await first, second]
+
+        first, second = asyncio.run(two_at_once())
+        assert first.status_code == 200
+        assert second.status_code == 429 and second.headers["Retry-After"] == "1"
+        assert second.json()["error"]["type"] == "rate_limit_exceeded"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_server_that_is_down_gives_503_naming_it() -> None:
+    proc = _api_process(8121, "--set", "big.endpoints=[http://127.0.0.1:8199]", "--set", "big.speculative=null")
+    try:
+        response = httpx.post("http://127.0.0.1:8121/v1/chat/completions", timeout=60,
+                              json={"model": "splitreason/big-only", "messages": [{"role": "user", "content": "hi"}]})
+        assert response.status_code == 503
+        assert response.json()["error"]["message"].startswith("big model demo-big at http://127.0.0.1:8199 is down")
+        small = httpx.post("http://127.0.0.1:8121/v1/completions", timeout=60,
+                           json={"model": "splitreason/small-only", "prompt": DEMO_QUESTION})
+        assert small.status_code == 200  # the rest still serves
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_lm_evaluation_harness_scores_the_endpoint_like_splitreason_eval(api: str, tmp_path: Path) -> None:
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    data = tmp_path / "demo.jsonl"
+    data.write_text("".join(json.dumps({"question": q.question, "answer": q.answer}) + "\n" for q in demo.QUESTIONS))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "splitreason_demo.yaml").write_text(f"""task: splitreason_demo
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: []
+  max_gen_toks: 512
+  do_sample: false
+filter_list:
+  - name: boxed
+    filter:
+      - function: regex
+        regex_pattern: "boxed\\\\{{([^}}]*)\\\\}}"
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+""")
+    results = simple_evaluate(model="local-chat-completions",
+                              model_args=f"base_url={API}/v1/chat/completions,model=splitreason,num_concurrent=4",
+                              tasks=["splitreason_demo"], task_manager=TaskManager(include_path=str(tasks)),
+                              apply_chat_template=True)
+    harness = results["results"]["splitreason_demo"]["exact_match,boxed"]  # type: ignore[index]
+    ours = cli("eval", "--profile", "demo", "--out", str(tmp_path / "ours"), "--json").json()
+    assert harness == ours["accuracy"]["pass@1"] == 1.0  # type: ignore[index]
