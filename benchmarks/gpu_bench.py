@@ -1,0 +1,387 @@
+"""GPU evidence on a lent H100/H200, with the project's own launcher and modes: random-weight models
+of the R1-Distill-Qwen 1.5B and 7B shapes with the demo tokenizer, CUDA graphs on.
+
+    python benchmarks/gpu_bench.py WORK models    # random weights (seconds on a GPU)
+    python benchmarks/gpu_bench.py WORK serve     # small, big, spec (big drafted by small), small with sha256
+    python benchmarks/gpu_bench.py WORK decode    # single-stream decode rates
+    python benchmarks/gpu_bench.py WORK probe     # probe cost per big chunk at 1k..16k: before and after
+    python benchmarks/gpu_bench.py WORK handoff   # time to the other model's first token, cold and warm
+    python benchmarks/gpu_bench.py WORK e2e [4096 16384]   # forced ~5%-offload traces in every mode vs ideal
+    python benchmarks/gpu_bench.py WORK lifecycle # a foreign process, kill-gpus, stop
+    python benchmarks/gpu_bench.py WORK vocab     # does vLLM take a 151936-row draft for a 152064-row target?
+
+Each phase writes WORK/<phase>.json (and copies it to $OUT when set). Random weights never write
+<bigmodel>: the e2e phase forces a tag every `every` small tokens (a test-only mode registered here,
+not shipped), and the big segment runs to its cap, so every chunk is probed in full (the worst case
+for probing). The end-of-text rows of the output layer are zeroed so that greedy decoding of random
+weights does not stop early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SHAPES = {  # hidden, layers, heads, kv heads, intermediate, vocab (None: the tokenizer's), tied
+    "small": (1536, 28, 12, 2, 8960, None, True),  # R1-Distill-Qwen-1.5B
+    "big": (3584, 28, 28, 4, 18944, None, False),  # R1-Distill-Qwen-7B
+    # For the vocabulary question only: tiny models with the real sizes, 151936 vs 152064 rows.
+    "draft-151936": (256, 2, 4, 4, 512, 151936, True),
+    "target-152064": (256, 2, 4, 4, 512, 152064, False),
+}
+CONTEXTS = (1024, 4096, 8192, 16384)
+CHUNK = 64
+FORCED_EVERY = 972  # e2e: small tokens between forced tags; big segments of 51 tokens: ~5% offload
+HERE = Path(__file__).resolve().parent
+
+
+def cli(*args: str, timeout: float = 1500) -> dict[str, Any]:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "splitcli", *args], capture_output=True, text=True, timeout=timeout)
+    return {"args": list(args), "code": done.returncode, "seconds": round(time.monotonic() - started, 2),
+            "out": done.stdout[-4000:], "err": done.stderr[-4000:]}
+
+
+def root() -> Path:
+    return Path(os.environ["SPLITREASON_HOME"]) / "gpu-models"
+
+
+def profile_file(out: Path) -> Path:
+    """small + big on GPU 0 (CUDA graphs), big's spec server drafted by the small model."""
+    models = root()
+    path = out / "gpu-pair.yaml"
+    path.write_text(f"""description: random-weight R1-Distill-Qwen 1.5B + 7B shapes on one GPU, CUDA graphs
+small: {{model: {models / 'small'}, served_name: small, port: 8301, gpus: [0], gpu_memory: 0.08,
+        max_model_len: 20480, dtype: bfloat16, extra_args: [--prefix-caching-hash-algo, xxhash]}}
+big: {{model: {models / 'big'}, served_name: big, port: 8302, gpus: [0], gpu_memory: 0.25,
+      max_model_len: 20480, dtype: bfloat16,
+      speculative: {{method: draft_model, num_speculative_tokens: 5, port: 8312}}}}
+sampling: {{temperature: 0.0, max_tokens: 20480, seed: 0}}
+""")
+    # The same small model on a second server with vLLM's default prefix-cache hashing (the "before").
+    variant = out / "gpu-sha256.yaml"
+    variant.write_text(f"""description: the small model again, prefix-cache blocks hashed with vLLM's default sha256
+extends: {path}
+small: {{port: 8311, gpu_memory: 0.08, extra_args: []}}
+big: {{endpoints: [http://127.0.0.1:8302], speculative: null}}
+""")
+    return path
+
+
+# ---------------------------------------------------------------- phases
+
+
+def models(out: Path) -> dict[str, Any]:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from splitcli import demo, vocab
+
+    started = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(demo.resolve_model("demo:small"))
+    ends = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")]
+    for role, (hidden, layers, heads, kv, inter, size, tied) in SHAPES.items():
+        target = root() / role
+        if (target / "config.json").is_file():
+            continue
+        config = Qwen2Config(vocab_size=size or len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=inter,
+                             max_position_embeddings=32768, tie_word_embeddings=tied, head_dim=hidden // heads,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        with torch.device("meta"):
+            model = Qwen2ForCausalLM(config)
+        model = model.to_empty(device="cuda").to(torch.bfloat16)
+        with torch.no_grad():  # random weights made on the GPU: no slow CPU initialisation
+            for name, param in model.named_parameters():
+                param.fill_(1.0) if "norm" in name else param.normal_(0, 0.02)
+            if tied:
+                model.tie_weights()
+            model.get_output_embeddings().weight[ends] = 0  # logit 0: under the best random one, never chosen
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        del model
+        torch.cuda.empty_cache()
+    padded = root() / "draft-152064"
+    if not (padded / "config.json").is_file():
+        vocab.pad_vocab(root() / "draft-151936", padded, 152064)
+    return {"seconds": round(time.monotonic() - started, 1),
+            "shapes": {k: list(v) for k, v in SHAPES.items()}}
+
+
+def serve(out: Path) -> dict[str, Any]:
+    path = out / "gpu-pair.yaml"
+    steps = [cli("serve", "--profile", str(path), "--only", "small,big,spec", "--detach"),
+             cli("serve", "--profile", str(out / "gpu-sha256.yaml"), "--only", "small", "--detach"),
+             cli("ps", "--json")]
+    return {"steps": steps}
+
+
+def _clients(urls: dict[str, str]) -> dict[str, Any]:
+    from splitcli.engine import EngineClient
+
+    return {name: EngineClient("small" if "small" in name else "big", served, [url], "gpu bench")
+            for name, (served, url) in {k: (v.split("|")[0], v.split("|")[1]) for k, v in urls.items()}.items()}
+
+
+SERVERS = {"small": "small|http://127.0.0.1:8301", "small-sha256": "small|http://127.0.0.1:8311",
+           "big": "big|http://127.0.0.1:8302", "spec": "big|http://127.0.0.1:8312"}
+
+
+def _context(length: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(10, 500) for _ in range(length)]
+
+
+async def _timed(coroutine: Any) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = await coroutine
+    return time.perf_counter() - started, result
+
+
+async def _median(call: Any, *args: Any, repeats: int = 3, **kwargs: Any) -> float:
+    """Median seconds of `await call(*args, **kwargs)` over `repeats` runs."""
+    times = []
+    for _ in range(repeats):
+        seconds, _ = await _timed(call(*args, **kwargs))
+        times.append(seconds)
+    return round(statistics.median(times), 4)
+
+
+async def probe_costs() -> dict[str, Any]:
+    """Per big chunk (64 tokens): the cost of probing every prefix, as the modes do, and of cheaper ways."""
+    from splitcli.engine import Prefixed
+
+    clients = _clients(SERVERS)
+    rows = []
+    try:
+        for length in CONTEXTS:
+            base = _context(length, length)
+            chunk = _context(CHUNK, length + 1)
+            for name in ("small", "small-sha256", "big"):
+                await clients[name].complete([base], max_tokens=1)  # cache the context, as at run time
+            row: dict[str, Any] = {"context": length}
+            # (label, server, every k-th prefix, probe tokens, prefixes per request, token ids back)
+            for label, server, every, tokens, per_request, ids in (
+                    ("before: 64 prefixes x 8 tokens, ids back, sha256", "small-sha256", 1, 8, CHUNK, True),
+                    ("64 x 8, text only, sha256", "small-sha256", 1, 8, CHUNK, False),
+                    ("64 x 6, text only, sha256", "small-sha256", 1, 6, CHUNK, False),
+                    ("64 x 6, ids back, xxhash", "small", 1, 6, CHUNK, True),
+                    ("after: 64 x 6, text only, xxhash", "small", 1, 6, CHUNK, False),
+                    ("64 x 1, text only, xxhash", "small", 1, 1, CHUNK, False),
+                    ("sum of 8 requests of 8 x 6 (stream buckets), xxhash", "small", 1, 6, 8, False),
+                    ("stride 8: 8 x 6, xxhash", "small", 8, 6, CHUNK, False),
+                    ("stride 16: 4 x 6, xxhash", "small", 16, 6, CHUNK, False)):
+                prompts: list[Any] = [Prefixed(base, chunk[:i]) for i in range(1, CHUNK + 1)
+                                      if i % every == 0 or i == CHUNK]
+                batches = [prompts[i:i + per_request] for i in range(0, len(prompts), per_request)]
+
+                async def send(server: str = server, tokens: int = tokens, ids: bool = ids,
+                               batches: list[list[Any]] = batches) -> None:
+                    for batch in batches:
+                        await clients[server].complete(batch, max_tokens=tokens, temperature=0.0, token_ids=ids)
+
+                row[label] = await _median(send)
+            row["one cached prompt"] = await _median(clients["small"].complete, [base + chunk], max_tokens=1)
+            row["big decodes the 64-token chunk"] = await _median(clients["big"].complete, [base], max_tokens=CHUNK,
+                                                                  temperature=0.0)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return {"chunk": CHUNK, "rows": rows}
+
+
+async def decode_rates() -> dict[str, Any]:
+    clients = _clients(SERVERS)
+    rates = {}
+    try:
+        prompt = _context(64, 7)
+        for name in ("small", "big", "spec"):
+            await clients[name].complete([prompt], max_tokens=16)
+            seconds, (result,) = await _timed(clients[name].complete([prompt], max_tokens=512, temperature=0.0))
+            rates[name] = {"tokens": len(result.token_ids), "seconds": round(seconds, 3),
+                           "tokens_per_s": round(len(result.token_ids) / seconds, 1)}
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return rates
+
+
+async def handoffs() -> dict[str, Any]:
+    """Time from the handoff to the receiving model's first token, and its uncached prompt tokens:
+    cold (the last segment is new to it) and warm (it got the context up to 8 tokens before)."""
+    clients = _clients(SERVERS)
+    rows = []
+    try:
+        for length in CONTEXTS:
+            for receiver, segment in (("small", 64), ("big", 256)):
+                base = _context(length, 3 * length)
+                new = _context(segment, 3 * length + 1)
+                await clients[receiver].complete([base], max_tokens=1)
+                cold_first, cold = await _first_token(clients[receiver], base + new)
+                base2, new2 = _context(length, 5 * length), _context(segment, 5 * length + 1)
+                await clients[receiver].complete([base2 + new2[:-8]], max_tokens=1)  # the warm-up, as warm_every sends it
+                warm_first, warm = await _first_token(clients[receiver], base2 + new2)
+                rows.append({"context": length, "to": receiver, "new_tokens": segment,
+                             "cold_s": round(cold_first, 4), "cold_uncached": cold.prompt_tokens - cold.cached_tokens,
+                             "warm_s": round(warm_first, 4), "warm_uncached": warm.prompt_tokens - warm.cached_tokens})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return {"rows": rows}
+
+
+async def _first_token(client: Any, prompt: list[int]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    first: list[float] = []
+    result = await client.stream(prompt, max_tokens=2, on_delta=lambda t, i: first.append(time.perf_counter()))
+    return first[0] - started, result
+
+
+def e2e(out: Path, lengths: list[int]) -> dict[str, Any]:
+    """Forced ~5%-offload traces in every mode on the same servers, next to the ideal time."""
+    from splitcli.modes import register
+    from splitcli.modes.splitreason import SplitReason
+    from splitcli.modes.splitreason_stream import SplitReasonStream
+    from splitcli.profiles import load_profile
+    from splitcli.session import Session, run_question
+    from splitcli.trace import Trace
+
+    every = FORCED_EVERY
+
+    def forcing(base: type) -> type:
+        class Forced(base):  # type: ignore[misc,valid-type]
+            async def run(self, session: Session, trace: Trace) -> None:
+                while session.room() > 0:
+                    segment, _ = await session.write("small", min(every, session.room()))
+                    if session.room() <= len(session.open_ids):
+                        return
+                    segment.token_ids += session.open_ids  # as if the small model wrote the tag
+                    segment.text += session.tags.open_tag
+                    session.commit("small", session.open_ids, session.tags.open_tag)
+                    if await self._big_segment(session):
+                        return
+
+        return Forced
+
+    register(type("ForcedSplitReason", (forcing(SplitReason),), {"name": "bench-splitreason"}))
+    register(type("ForcedStream", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream"}))
+    knobs = ["modes.bench-splitreason.big_segment_cap=51", "modes.bench-splitreason-stream.big_segment_cap=51",
+             "modes.random-switch.ratio=19", "modes.random-switch.chunk=32", "modes.random-switch.seed=0"]
+    rates = json.loads((out / "decode.json").read_text()) if (out / "decode.json").exists() else None
+    results = []
+    for length in lengths:
+        for mode in ("bench-splitreason-stream", "bench-splitreason", "big-only", "spec-decoding", "random-switch",
+                     "small-only"):
+            profile = load_profile(str(out / "gpu-pair.yaml"), [*knobs, f"sampling.max_tokens={length}"])
+            trace = asyncio.run(run_question(profile, "Say something long.", mode))
+            stats = trace.stats()
+            probe_s = sum(call.seconds for call in trace.calls if call.kind == "probe")
+            row = {"length": length, "mode": mode, "error": trace.error, "wall_s": stats["wall_seconds"],
+                   "big_generate_s": stats["generate_seconds"]["big"], "probe_s": round(probe_s, 3),
+                   "tokens": stats["tokens"], "spent": stats["spent_tokens"], "offload": stats["offload_share"],
+                   "handoffs": stats["handoffs"], "mean_handoff_latency_s": stats["mean_handoff_latency_s"],
+                   "requests": stats["requests"], "speculative": trace.extra.get("speculative")}
+            if rates:
+                row["ideal_s"] = round(stats["tokens"]["small"] / rates["small"]["tokens_per_s"]
+                                       + stats["tokens"]["big"] / rates["big"]["tokens_per_s"], 3)
+                row["vs_ideal"] = round(row["wall_s"] / row["ideal_s"], 3) if row["ideal_s"] else None
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    return {"every": every, "cap": 51, "rows": results}
+
+
+def lifecycle(out: Path) -> dict[str, Any]:
+    from splitcli import gpus
+
+    def used() -> dict[str, Any]:
+        return {"used_mib": round(gpus.memory_used_mib(0)),
+                "processes": [{"pid": p.pid, "mib": round(p.used_mib), "command": p.command[:50]} for p in gpus.processes([0])]}
+
+    report: dict[str, Any] = {"before": used()}
+    # `stop` one server: its API server, engine core and workers end and their memory is freed.
+    report["stop_sha256_small"] = cli("stop", "gpu-sha256-small")
+    time.sleep(1)
+    report["after_stop"] = used()
+    foreign = subprocess.Popen([sys.executable, "-c", "import torch, time; x = torch.ones(2**29, device='cuda'); "
+                                "print('ok', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    foreign.stdout.readline() if foreign.stdout else None
+    report["with_foreign"] = used()
+    report["kill_gpus_default"] = cli("kill-gpus", "--json")  # ends our servers, spares the foreign process
+    report["foreign_alive_after_default"] = foreign.poll() is None
+    report["after_default"] = used()
+    report["bad_gpu"] = cli("kill-gpus", "--gpus", "7")
+    report["kill_gpus_all"] = cli("kill-gpus", "--all", "--yes", "--json")
+    time.sleep(1)
+    report["foreign_alive_after_all"] = foreign.poll() is None
+    report["after_all"] = used()
+    return report
+
+
+def vocab_check(out: Path) -> dict[str, Any]:
+    """Tiny models of the real vocabulary sizes: a spec server with the 151936-row draft for the
+    152064-row target, then with the draft padded by `splitreason pad-vocab` (eager: only the start matters)."""
+    results = {}
+    for label, draft in (("unpadded", "draft-151936"), ("padded", "draft-152064")):
+        path = out / f"vocab-{label}.yaml"
+        path.write_text(f"""small: {{model: {root() / draft}, port: 8331, gpus: [0], gpu_memory: 0.05, max_model_len: 4096,
+        dtype: bfloat16, extra_args: [--enforce-eager]}}
+big: {{model: {root() / 'target-152064'}, port: 8332, gpus: [0], gpu_memory: 0.05, max_model_len: 4096,
+      dtype: bfloat16, extra_args: [--enforce-eager],
+      speculative: {{method: draft_model, num_speculative_tokens: 3, port: 8333}}}}
+""")
+        started = cli("serve", "--profile", str(path), "--only", "spec", "--detach", timeout=600)
+        results[label] = {"code": started["code"], "seconds": started["seconds"],
+                          "error": started["err"].strip().splitlines()[-3:] if started["code"] else None}
+        cli("stop", f"vocab-{label}-spec")
+    return results
+
+
+def main() -> None:
+    out, phase = Path(sys.argv[1]), sys.argv[2]
+    out.mkdir(parents=True, exist_ok=True)
+    profile_file(out)
+    os.environ.setdefault("SPLITREASON_HOME", str(Path.home() / ".cache" / "splitreason"))
+    card = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                          capture_output=True, text=True).stdout.strip()
+    import vllm
+
+    header = {"card": card, "vllm": vllm.__version__, "cuda_graphs": True, "phase": phase, "date": time.strftime("%F")}
+    if phase == "models":
+        result = models(out)
+    elif phase == "serve":
+        result = serve(out)
+    elif phase == "probe":
+        result = asyncio.run(probe_costs())
+    elif phase == "decode":
+        result = asyncio.run(decode_rates())
+    elif phase == "handoff":
+        result = asyncio.run(handoffs())
+    elif phase == "e2e":
+        result = e2e(out, [int(arg) for arg in sys.argv[3:]] or [4096, 16384])
+    elif phase == "lifecycle":
+        result = lifecycle(out)
+    elif phase == "vocab":
+        result = vocab_check(out)
+    else:
+        raise SystemExit(f"unknown phase {phase}")
+    text = json.dumps({**header, **result}, indent=2) + "\n"
+    name = "-".join([phase, *sys.argv[3:]])  # e2e-4096.json, e2e-16384.json
+    (out / f"{name}.json").write_text(text)
+    if os.environ.get("OUT"):
+        (Path(os.environ["OUT"]) / f"{name}.json").write_text(text)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("steps",)}, default=str)[:3000])
+
+
+if __name__ == "__main__":
+    main()
