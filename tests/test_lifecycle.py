@@ -45,6 +45,7 @@ def test_stop_one_server_by_name_ends_its_engine_core_and_workers_too() -> None:
     assert result.code == 0, result.err
     assert result.err.strip() == f"stopped demo-spec ({len(members)} processes)"
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in members)
+    assert cli("stop", "demo-annotator").code == 0  # the lifecycle tests need only the pair
     assert {row["name"] for row in cli("ps", "--json").json()} == {"demo-small", "demo-big"}  # type: ignore[union-attr]
 
 
@@ -181,15 +182,22 @@ def test_kill_gpus_after_sigkilled_foreground_serve_leaves_nothing_and_spares_ot
             serve.kill()
 
 
-def test_ctrl_c_on_a_foreground_serve_stops_what_it_started() -> None:
-    serve = subprocess.Popen([sys.executable, "-m", "splitcli", "serve", "--only", "small"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def test_ctrl_c_on_a_foreground_serve_stops_what_it_started(tmp_path: Path) -> None:
+    err_path = tmp_path / "serve.err"
+    with err_path.open("w") as err_file:
+        serve = subprocess.Popen([sys.executable, "-m", "splitcli", "serve", "--only", "small"],
+                                 stdout=subprocess.DEVNULL, stderr=err_file, text=True)
     try:
-        _wait_healthy("demo-small")
+        # Ctrl-C once the foreground loop runs (a health check alone can see the server a moment earlier)
+        deadline = time.monotonic() + 600
+        while "serving in the foreground" not in err_path.read_text() and time.monotonic() < deadline:
+            assert serve.poll() is None, err_path.read_text()
+            time.sleep(1)
         assert _ours()
         serve.send_signal(signal.SIGINT)
-        _, err = serve.communicate(timeout=120)
-        assert serve.returncode == 0
+        serve.wait(timeout=120)
+        err = err_path.read_text()
+        assert serve.returncode == 0, err
         assert "stopping" in err
         assert _ours() == []
         assert cli("ps", "--json").json() == []
