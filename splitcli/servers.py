@@ -369,10 +369,16 @@ def log_tail(record: ServerRecord, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join("    " + line for line in text.strip().splitlines()[-lines:])
 
 
-def _exit_code(record: ServerRecord) -> int | None:
-    """Exit code of a server this process launched, once it has ended (reaped: no zombie)."""
+def _exit_code(record: ServerRecord, wait: float = 0.0) -> int | None:
+    """Exit code of a server this process launched, once it has ended (reaped: no zombie); `wait`
+    seconds for one that is on its way out."""
     proc = _LAUNCHED.get(record.pid)
-    return proc.poll() if proc is not None else None
+    if proc is None:
+        return None
+    try:
+        return proc.wait(timeout=wait) if wait else proc.poll()
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def wait_ready(records: list[ServerRecord], timeout: float, on_tick: Callable[[str], None] | None = None) -> None:
@@ -385,7 +391,8 @@ def wait_ready(records: list[ServerRecord], timeout: float, on_tick: Callable[[s
         for record in list(pending):
             code = _exit_code(record)
             if code is None and record.leader() is None:
-                code = _exit_code(record)  # it ended between the two looks
+                # Dying: /proc can say so a moment before waitpid has its status to give.
+                code = _exit_code(record, wait=5.0)
             if code is not None or record.leader() is None:
                 shown = f"code {code}" if code is not None else "an unknown code"
                 raise ServerError(
