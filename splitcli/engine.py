@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from splitcli.engine_route import PATH as CONTINUATIONS_PATH
 from splitcli.errors import EngineError, ServerError
 from splitcli.trace import Call, Model
 
@@ -156,7 +157,8 @@ class EngineClient:
             f"is it running? {self.start_hint}"
         )
 
-    async def _post(self, path: str, body: dict[str, Any], kind: str) -> tuple[dict[str, Any], Call]:
+    async def _send(self, path: str, body: dict[str, Any], kind: str) -> tuple[httpx.Response, Call, str]:
+        """POST to the next replica: the response, its (timed, not yet recorded) Call, and the URL."""
         url = next(self._next_url)
         call = Call(self.role, kind, self._clock(), 0.0)
         try:
@@ -166,6 +168,10 @@ class EngineClient:
             raise self._failure(url, exc) from None
         finally:
             call.end = self._clock()
+        return response, call, url
+
+    async def _post(self, path: str, body: dict[str, Any], kind: str) -> tuple[dict[str, Any], Call]:
+        response, call, url = await self._send(path, body, kind)
         if response.status_code != 200:
             raise EngineError(f"{self.role} model at {url} rejected the request: {_error_message(response)}")
         self._record(call)
@@ -186,6 +192,35 @@ class EngineClient:
     async def detokenize(self, token_ids: list[int]) -> str:
         data, _ = await self._post("/detokenize", {"model": self.model_name, "tokens": token_ids}, "detokenize")
         return str(data["prompt"])
+
+    # -- our route in the vLLM servers we launch (splitcli/engine_route.py)
+    async def continuations(self, prompt: Prompt, first: int, max_tokens: int, marker: str) -> list[str] | None:
+        """Greedy continuations after every prefix prompt[:n], first <= n <= len(prompt), with the
+        prompt sent once: where a continuation cannot start with `marker` after whitespace, only its
+        first token's text. None when the server has no such route (one we did not start)."""
+        if self._info.get("continuations") is False:
+            return None
+        body = {"prompt": prompt, "first": first, "max_tokens": max_tokens, "marker": marker,
+                "skip_special_tokens": self.skip_special_tokens}
+        response, call, url = await self._send(CONTINUATIONS_PATH, body, "probe")
+        if response.status_code in (404, 405):
+            self._info["continuations"] = False
+            return None
+        if response.status_code != 200:
+            # The route runs inside vLLM and leans on its internals: if this vLLM disagrees, say so
+            # once and probe over the OpenAI API (same answers, more time) instead of failing the run.
+            from splitcli import console
+
+            console.warn(f"the probe route of the {self.role} server at {url} failed ({_error_message(response)}); "
+                         f"probing over the OpenAI API instead")
+            self._info["continuations"] = False
+            return None
+        data = response.json()
+        call.prompts = 1 + int(data.get("decoded", 0))
+        call.prompt_tokens = len(prompt)
+        call.cached_tokens = int(data.get("cached_tokens", 0))
+        self._record(call)
+        return [str(text) for text in data["texts"]]
 
     # -- completions
     def _body(self, prompt: Prompt | list[Prompt], max_tokens: int, temperature: float, top_p: float,

@@ -273,6 +273,8 @@ def build_command(spec: ModelSpec, model_path: str) -> list[str]:
         "--gpu-memory-utilization", str(spec.gpu_memory),
         "--enable-prefix-caching",
         "--enable-prompt-tokens-details",
+        # Our continuations route (splitcli/engine_route.py): cheap exact probes at long context.
+        "--middleware", "splitcli.engine_route.ContinuationsRoute",
     ]
     if spec.gpus:
         command += ["--tensor-parallel-size", str(spec.tp_size)]

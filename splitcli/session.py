@@ -163,6 +163,8 @@ class Session:
         self._background: set[asyncio.Task[Any]] = set()
         # Warm handoffs: while one model writes, the other gets its context so far every N tokens.
         self.warm_every = 0
+        # Probe through our route in the small server when it has one (exact, context sent once).
+        self.probe_route = True
 
     async def aclose(self) -> None:
         for task in self._background:
@@ -549,10 +551,11 @@ class Session:
     async def probe_close(self, draft: Completion, start: int, stop: int, probe_tokens: int,
                           stride: int = 1) -> list[CloseProbe]:
         """Whether the small model would close the tag after each prefix draft[:i], start < i <= stop,
-        of big-model text not yet committed to its context: one batched request of greedy probes.
+        of big-model text not yet committed to its context. Through the small server's continuations
+        route when it has one (`probe_route`): exact, the context sent once, `stride` unused. Otherwise
+        one batched OpenAI request of greedy probes, every prefix resending the context; there
         `stride` > 1 probes every stride-th prefix first, an approximation: a close that a later probed
-        prefix does not repeat is missed. Kept behind this one method so that probing can be made
-        cheaper without touching the modes."""
+        prefix does not repeat is missed. Kept behind this one method so that the modes never change."""
         if stop <= start:
             return []
         base = await self.context("small")
@@ -568,6 +571,10 @@ class Session:
         # would reject the whole batch for it, so such prefixes are not probed (they cannot close).
         fitting = await self._fitting("small", prompts)
         found = [CloseProbe(False)] * len(prompts)
+        if self.probe_route and fitting:
+            routed = await self._probe_by_route(base, tails[:fitting], probe_tokens)
+            if routed is not None:
+                return routed + found[fitting:]
         # Every `stride`-th prefix first (1: all of them, exact); then, before the first that closes,
         # the ones skipped (and the next one, which decides a close that needs whitespace first).
         first_pass = [i for i in range(fitting) if (i + 1) % stride == 0 or i == fitting - 1]
@@ -583,11 +590,31 @@ class Session:
                 found[index] = self._close_probe(probe)
         return found
 
-    def _close_probe(self, probe: Completion) -> CloseProbe:
-        marker = self.tags.close_tag[:5]  # "</big": the small model starts closing
-        stripped = probe.text.lstrip()
-        closes = stripped.startswith(marker)
-        return CloseProbe(closes, probe.text[: len(probe.text) - len(stripped)] if closes else "")
+    async def _probe_by_route(self, base: list[int], tails: list[list[int]], probe_tokens: int) -> list[CloseProbe] | None:
+        """Exact probes through the small server's continuations route (the context sent once, only
+        prefixes whose next token could begin the tag decoded in full). None where the server has no
+        route, or the tails are not prefixes of one sequence (another tokenizer may respell them)."""
+        longest = tails[-1]
+        if any(tail != longest[: len(tail)] for tail in tails):
+            return None
+        first = len(base) + min(len(tail) for tail in tails)
+        if first == 0:
+            return None
+        texts = await self.clients["small"].continuations(Prefixed(base, longest), first, probe_tokens,
+                                                          self._close_marker)
+        if texts is None:
+            return None
+        return [self._close_probe(texts[len(base) + len(tail) - first]) for tail in tails]
+
+    @property
+    def _close_marker(self) -> str:
+        return self.tags.close_tag[:5]  # "</big": the small model starts closing
+
+    def _close_probe(self, probe: Completion | str) -> CloseProbe:
+        text = probe if isinstance(probe, str) else probe.text
+        stripped = text.lstrip()
+        closes = stripped.startswith(self._close_marker)
+        return CloseProbe(closes, text[: len(text) - len(stripped)] if closes else "")
 
     async def _fitting(self, role: Model, prompts: list[Prompt]) -> int:
         """How many of `prompts` (token ids, each longer than the one before) leave the model room."""

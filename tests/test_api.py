@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from conftest import DEMO_QUESTION, cli
 from openai import AsyncOpenAI, OpenAI
 
 from splitcli import demo
+from splitcli.engine import EngineClient
 
 pytestmark = pytest.mark.usefixtures("demo_servers")
 API = "http://127.0.0.1:8100"
@@ -264,3 +266,17 @@ metric_list:
     harness = results["results"]["splitreason_demo"]["exact_match,boxed"]  # type: ignore[index]
     ours = cli("eval", "--profile", "demo", "--out", str(tmp_path / "ours"), "--json").json()
     assert harness == ours["accuracy"]["pass@1"] == 1.0  # type: ignore[index]
+
+
+def test_a_server_without_our_continuations_route_says_so_once(api: str) -> None:
+    # The API is ours but not a vLLM server we launched: the probe route answers 404, and the client
+    # remembers it (Sessions then probe every prefix over the OpenAI API: tests/test_probe_route.py).
+    async def go() -> tuple[list[str] | None, dict[str, Any]]:
+        client = EngineClient("small", "demo-small", [api], "start it")
+        try:
+            return await client.continuations([5, 6, 7], 1, 2, "</big"), client._info
+        finally:
+            await client.aclose()
+
+    answer, info = asyncio.run(go())
+    assert answer is None and info["continuations"] is False

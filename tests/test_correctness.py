@@ -37,10 +37,12 @@ def _run_mode(body: Any, question: str = DEMO_QUESTION, roles: tuple[str, ...] =
     return trace
 
 
-def test_probes_at_the_end_of_the_small_models_context_are_not_sent() -> None:
+@pytest.mark.parametrize("route", [False, True])
+def test_probes_at_the_end_of_the_small_models_context_are_not_sent(route: bool) -> None:
     found: list[Any] = []
 
     async def body(session: Session) -> None:
+        session.probe_route = route
         context = session.contexts["small"]
         await session.context("small")
         limit = context.max_model_len
@@ -54,7 +56,12 @@ def test_probes_at_the_end_of_the_small_models_context_are_not_sent() -> None:
     assert len(found) == 5
     assert not found[3].closes and not found[4].closes
     probes = [call for call in trace.calls if call.kind == "probe"]
-    assert len(probes) == 1 and probes[0].prompts == 3
+    assert len(probes) == 1
+    limit = trace.served["small"]["max_model_len"]
+    if route:  # the sequence is sent once, up to the last prefix that leaves room
+        assert probes[0].prompt_tokens == limit - 1
+    else:
+        assert probes[0].prompts == 3
 
 
 @pytest.mark.parametrize("mode", ["big-only", "random-switch"])

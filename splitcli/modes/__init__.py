@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from splitcli.errors import UsageError
 from splitcli.profiles import Profile, ServerKey, describe_error, first_error, format_loc
@@ -26,6 +26,17 @@ class ModeOptions(BaseModel):
     """Base of every mode's knobs: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class ProbeOptions(ModeOptions):
+    """Knobs of the modes that probe the small model for the end of a big segment."""
+
+    probe_stride: int = Field(1, ge=1, description="without the probe route: probe every Nth prefix, then those "
+                                                   "before a close (cheaper, approximate: a close not repeated "
+                                                   "is missed; 1 is exact)")
+    probe_route: bool = Field(True, description="probe through the continuations route of the small server we "
+                                                "launched (exact, context sent once); false: one OpenAI request "
+                                                "of all prefixes")
 
 
 class Mode(ABC):

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from splitcli.modes import Mode, ModeOptions, register
+from splitcli.modes import Mode, ProbeOptions, register
 from splitcli.session import CutFinder, Session
 from splitcli.trace import Trace
 
 
-class SplitReasonOptions(ModeOptions):
+class SplitReasonOptions(ProbeOptions):
     chunk: int = Field(64, ge=1, description="big-model tokens per chunk between probes")
     probe_tokens: int = Field(8, ge=1, description="tokens the small model writes per probe")
     big_segment_cap: int = Field(512, ge=1, description="longest big segment before </bigmodel> is forced")
-    probe_stride: int = Field(1, ge=1, description="probe every Nth prefix, then those before a close "
-                                                   "(cheaper, approximate: a close not repeated is missed; 1 is exact)")
 
 
 @register
@@ -34,6 +32,7 @@ class SplitReason(Mode):
     options: SplitReasonOptions
 
     async def run(self, session: Session, trace: Trace) -> None:
+        session.probe_route = self.options.probe_route
         while True:  # the small model always writes after a big segment, if only the closing tag
             _, result = await session.write("small", session.room(), stop=[session.tags.open_tag])
             if not (result.stopped_on_string and result.stop_reason == session.tags.open_tag):

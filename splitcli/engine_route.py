@@ -1,0 +1,208 @@
+"""A route that runs INSIDE the vLLM servers we launch (`--middleware`): the greedy continuations of
+every prefix of one token sequence, with the sequence sent once.
+
+Why: probing where a big segment ends asks the small model for a short greedy continuation after
+each of up to 64 prefixes of [context + segment]. Over the OpenAI API every prefix resends the whole
+context, and at 16k tokens that costs more than the big model's own decoding of the segment (~1.2 us
+per prompt token, however little is computed). Here one request reads the cached context once and
+gets the small model's greedy next token after EVERY prefix (prompt logprobs, top 1, for the new
+positions only). A continuation whose first token cannot begin `marker` (after whitespace) cannot
+close the segment, so only the few prefixes whose first token could are decoded in full. The caller
+gets, per prefix, text on which `text.lstrip().startswith(marker)` is what the full greedy probe says,
+and, where that is true, the full probe's text (its leading whitespace included).
+
+Kept free of splitcli imports: it is loaded by vLLM's API server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import functools
+import inspect
+import json
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+PATH = "/splitreason/v1/continuations"
+VERSION = 1
+CONTEXT_TOKENS = 6  # prompt tokens decoded before a probe's own, so that its text reads as in context
+
+
+class ContinuationsRoute:
+    """Pure ASGI middleware: answers PATH, passes everything else through untouched (so streams,
+    disconnects and aborts of vLLM's own routes behave exactly as without it)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("path") != PATH or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            request = json.loads(body)
+            engine = scope["app"].state.engine_client
+            status, answer = 200, await continuations(engine, request)
+        except (KeyError, TypeError, ValueError) as exc:
+            status, answer = 400, {"error": {"message": f"bad continuations request: {exc}", "code": 400}}
+        except Exception as exc:  # the engine's own errors: reported, never a crashed route
+            status, answer = 500, {"error": {"message": f"{type(exc).__name__}: {exc}", "code": 500}}
+        payload = json.dumps(answer).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def may_begin(text: str, marker: str) -> bool:
+    """Whether a continuation whose first token alone reads `text` could start with `marker` after
+    leading whitespace. True when unsure (only whitespace, or part of a character)."""
+    stripped = text.lstrip()
+    return not stripped or "\ufffd" in text or marker.startswith(stripped) or stripped.startswith(marker)
+
+
+def bytes_may_begin(raw: bytes, marker: str) -> bool:
+    """The same question for a continuation whose UTF-8 starts with `raw`, which may end inside a
+    character: that character must then be whitespace (a non-breaking or ideographic space, say)."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text = decoder.decode(raw, final=False)
+    pending = decoder.getstate()[0]
+    stripped = text.lstrip()
+    if stripped:
+        return marker.startswith(stripped) or stripped.startswith(marker)
+    return not pending or any(encoded.startswith(pending) for encoded in _whitespace_utf8())
+
+
+@functools.cache
+def _whitespace_utf8() -> tuple[bytes, ...]:
+    return tuple(chr(code).encode() for code in range(sys.maxunicode + 1) if chr(code).isspace())
+
+
+def _pending_bytes(raw: bytes) -> bytes:
+    """The bytes at the end of `raw` that begin a character not finished yet."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder.decode(raw, final=False)
+    return decoder.getstate()[0]
+
+
+def byte_reader(tokenizer: Any) -> Callable[[list[int]], bytes | None] | None:
+    """The raw bytes of token ids for byte-level BPE tokenizers (GPT-2, Qwen, Llama 3): a token that
+    alone decodes to part of a character is judged by its bytes. None for other tokenizers."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
+    try:
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
+    except ImportError:
+        return None
+    if backend is None or "ByteLevel" not in repr(getattr(backend, "decoder", None)):
+        return None
+    table = {char: byte for byte, char in bytes_to_unicode().items()}
+
+    def read(ids: list[int]) -> bytes | None:
+        pieces = [backend.id_to_token(token) for token in ids]
+        if any(piece is None or any(char not in table for char in piece) for piece in pieces):
+            return None
+        return bytes(table[char] for piece in pieces for char in piece)
+
+    return read
+
+
+async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """request: {prompt: [ids], first: shortest prefix length, max_tokens, marker, skip_special_tokens}.
+    Answer: {version, texts (one per prefix length first..len(prompt)), decoded (how many prefixes
+    were decoded in full), cached_tokens (of the first-token pass)}."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    ids = [int(token) for token in request["prompt"]]
+    first, max_tokens, marker = int(request["first"]), int(request["max_tokens"]), str(request["marker"])
+    skip_special = bool(request.get("skip_special_tokens", True))
+    if not 1 <= first <= len(ids) or max_tokens < 1 or not marker:
+        raise ValueError("need 1 <= first <= len(prompt), max_tokens >= 1 and a marker")
+    limit = _max_model_len(engine)
+    # Pass 1: the greedy next token after every prefix. Prompt logprobs normally skip the prefix
+    # cache (they want every position); here only positions after the cached context matter, so the
+    # cache is read, and positions it covered are known from num_cached_tokens and not trusted.
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, skip_reading_prefix_cache=False,
+                            detokenize=False, flat_logprobs=True, output_kind=RequestOutputKind.FINAL_ONLY)
+    output = await _final(engine, ids, params)
+    cached = int(output.num_cached_tokens or 0)
+    nexts: dict[int, int | None] = {len(ids): output.outputs[0].token_ids[0]}
+    for length in range(first, len(ids)):
+        # Entry `length` scores prompt[length] from the hidden state at length - 1: computed here
+        # only if that position was not read from the cache.
+        entry = output.prompt_logprobs[length] if length - 1 >= cached else None
+        best = [token for token, logprob in (entry or {}).items() if logprob.rank == 1]
+        nexts[length] = best[0] if len(best) == 1 else None  # missing or tied: decode in full
+    tokenizer = engine.get_tokenizer()
+    if inspect.isawaitable(tokenizer):
+        tokenizer = await tokenizer
+    read = byte_reader(tokenizer)
+
+    def could_close(length: int, token: int | None, text: str) -> bool:
+        if token is None:
+            return True
+        if "\ufffd" in text and read is not None:
+            before, own = read(ids[max(0, length - 3):length]), read([token])
+            if before is not None and own is not None:
+                return bytes_may_begin(_pending_bytes(before) + own, marker)
+        return may_begin(text, marker)
+
+    texts: dict[int, str] = {}
+    full: list[int] = []
+    for length in range(first, len(ids) + 1):
+        token = nexts[length]
+        text = tokenizer.decode([token], skip_special_tokens=skip_special) if token is not None else ""
+        if could_close(length, token, text):
+            full.append(length)
+        else:
+            texts[length] = text
+    # Pass 2: the few prefixes whose first token could begin the marker, decoded as the probe would.
+    # vLLM's detokenizer would first read the whole prompt (~10 ms at 16k tokens, per probe): the
+    # text is decoded here instead, after a few prompt tokens as context, as an incremental decoder does.
+    if full:
+        def probe(length: int) -> Any:
+            room = limit - length if limit else max_tokens
+            return SamplingParams(temperature=0.0, max_tokens=min(max_tokens, room), detokenize=False,
+                                  output_kind=RequestOutputKind.FINAL_ONLY)
+
+        outputs = await asyncio.gather(*(_final(engine, ids[:length], probe(length)) for length in full))
+        for length, result in zip(full, outputs, strict=True):
+            texts[length] = _text_after(tokenizer, ids[max(0, length - CONTEXT_TOKENS):length],
+                                        list(result.outputs[0].token_ids), skip_special)
+    return {"version": VERSION, "texts": [texts[length] for length in range(first, len(ids) + 1)],
+            "decoded": len(full), "cached_tokens": cached}
+
+
+def _text_after(tokenizer: Any, before: list[int], new: list[int], skip_special: bool) -> str:
+    """The text `new` adds after `before`: what an incremental detokenizer shows (a leading space
+    that only exists after earlier tokens, bytes of a character split across tokens)."""
+    # Bytes of a character split across tokens come out with the token that completes it.
+    head = tokenizer.decode(before, skip_special_tokens=skip_special).rstrip("\ufffd")
+    whole = tokenizer.decode(before + new, skip_special_tokens=skip_special)
+    if whole.startswith(head):
+        return whole[len(head):]
+    return tokenizer.decode(new, skip_special_tokens=skip_special)
+
+
+async def _final(engine: Any, ids: list[int], params: Any) -> Any:
+    final = None
+    async for output in engine.generate({"prompt_token_ids": ids}, params, f"splitreason-{uuid.uuid4().hex}"):
+        final = output
+    if final is None:
+        raise RuntimeError("the engine returned nothing")
+    return final
+
+
+def _max_model_len(engine: Any) -> int:
+    config = getattr(engine, "model_config", None) or getattr(getattr(engine, "vllm_config", None), "model_config",
+                                                                None)
+    return int(getattr(config, "max_model_len", 0) or 0)

@@ -1,0 +1,125 @@
+"""The continuations route in our vLLM servers (splitcli/engine_route.py): the same cut as probing
+every prefix over the OpenAI API, the context sent once, and exact also where the prefix cache
+already holds part of the big segment (positions the first pass cannot score)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from splitcli import demo
+from splitcli.engine import EngineClient
+from splitcli.engine_route import byte_reader, bytes_may_begin, may_begin
+from splitcli.modes import Mode, register
+from splitcli.profiles import load_profile
+from splitcli.session import CloseProbe, Session, run_question
+from splitcli.trace import Trace
+
+pytestmark = pytest.mark.usefixtures("demo_servers")
+SMALL = "http://127.0.0.1:8101"  # the demo small server
+
+
+WAYS = (("route", True), ("every prefix", False), ("route, cached", True))
+
+
+def _probe_draft(question: str, ways: tuple[tuple[str, bool], ...] = WAYS,
+                 no_route: bool = False) -> tuple[dict[str, list[CloseProbe]], Trace]:
+    """Write until the small model opens the tag, let the big model draft, and probe every prefix
+    of the draft each way in turn (by default: route with nothing cached, OpenAI API, route again
+    with the segment now cached). `no_route`: as a server answering 404 leaves the client."""
+    found: dict[str, list[CloseProbe]] = {}
+
+    @register
+    class ProbeDraft(Mode):
+        name = "test-probe-draft"
+        summary = "probe one draft several ways"
+        uses_hint = True
+
+        async def run(self, session: Session, trace: Trace) -> None:
+            await session.write("small", session.room(), stop=[session.tags.open_tag])
+            segment = await session.open("big")
+            draft = await session.draft("big", segment, 60)
+            await session.context("small")
+            if no_route:
+                session.clients["small"]._info["continuations"] = False
+            count = len(draft.token_ids)
+            for name, route in ways:
+                session.probe_route = route
+                found[name] = await session.probe_close(draft, 0, count, probe_tokens=6)
+            await session.keep("big", segment, draft, count)
+            session.close(segment, None)
+
+    trace = asyncio.run(run_question(load_profile("demo"), question, "test-probe-draft"))
+    assert trace.error is None, trace.error
+    return found, trace
+
+
+@pytest.mark.parametrize("item", demo.QUESTIONS, ids=lambda item: item.answer)
+def test_the_route_finds_what_probing_every_prefix_finds(item: demo.DemoQuestion) -> None:
+    found, trace = _probe_draft(item.question)
+    every = found["every prefix"]
+    assert any(probe.closes for probe in every)  # the demo small model closes after the hard part
+    assert found["route"] == every
+    assert found["route, cached"] == every
+    route, http, cached = [call for call in trace.calls if call.kind == "probe"]
+    assert http.prompts == len(every)
+    # One pass over the sequence plus only the prefixes whose next token could begin "</big".
+    assert route.prompts < http.prompts
+    assert route.prompt_tokens < http.prompt_tokens / 4
+    assert cached.cached_tokens > 0
+
+
+def test_without_the_route_the_session_probes_every_prefix_over_the_openai_api() -> None:
+    # tests/test_api.py: a server without the route answers 404 and the client remembers it.
+    found, trace = _probe_draft(demo.QUESTIONS[0].question, (("no route", True),), no_route=True)
+    probes = [call for call in trace.calls if call.kind == "probe"]
+    assert len(probes) == 1 and probes[0].prompts == len(found["no route"]) > 0
+    assert any(probe.closes for probe in found["no route"])
+
+
+def test_a_route_that_fails_is_reported_once_and_the_openai_api_takes_over(capsys: pytest.CaptureFixture[str]) -> None:
+    # A request the route refuses stands in for a vLLM whose internals it does not fit.
+    async def go() -> tuple[list[str] | None, list[str] | None, dict[str, Any]]:
+        client = EngineClient("small", "demo-small", [SMALL], "start it")
+        try:
+            first = await client.continuations([5, 6, 7], 9, 2, "</big")
+            return first, await client.continuations([5, 6, 7], 1, 2, "</big"), client._info
+        finally:
+            await client.aclose()
+
+    first, second, info = asyncio.run(go())
+    assert first is None and second is None and info["continuations"] is False
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1
+    assert (f"warning: the probe route of the small server at {SMALL} failed (bad continuations request: need 1 <= "
+            "first <= len(prompt), max_tokens >= 1 and a marker); probing over the OpenAI API instead") in " ".join(err.split())
+
+
+@pytest.mark.parametrize(("text", "could"), [
+    ("</big", True), ("</", True), ("<", True), (" ", True), ("\n\n", True), ("", True), (" </bigmodel>", True),
+    ("\ufffd", True), ("x", False), (" the", False), ("</bx", False), ("<b", False), ("36", False),
+])
+def test_a_first_token_that_cannot_begin_the_tag_is_not_decoded_further(text: str, could: bool) -> None:
+    assert may_begin(text, "</big") is could
+
+
+@pytest.mark.parametrize(("raw", "could"), [
+    (b"\xc2", True),  # may become U+00A0, a no-break space
+    (b"\xe3\x80", True),  # may become U+3000, the ideographic space
+    (b"\xe2\x80\x83</b", True), (b"\xe4", False), (b"\xf0", False), (b"\x80", False), (b"\xe2\x80\x83x", False),
+])
+def test_a_first_token_that_is_part_of_a_character_is_judged_by_its_bytes(raw: bytes, could: bool) -> None:
+    assert bytes_may_begin(raw, "</big") is could
+
+
+def test_the_bytes_of_byte_level_tokens_are_read_back() -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo.resolve_model("demo:small"))
+    read = byte_reader(tokenizer)
+    assert read is not None
+    ids = tokenizer.encode("naïve <x>", add_special_tokens=False)
+    assert read(ids) == "naïve <x>".encode()
+    assert any("\ufffd" in tokenizer.decode([token]) and len(read([token]) or b"") == 1 for token in range(len(tokenizer)))
