@@ -14,17 +14,18 @@ from collections import deque
 
 from pydantic import Field
 
-from splitcli.modes import Mode, ModeOptions, register
+from splitcli.modes import Mode, ProbeOptions, register
 from splitcli.session import CloseProbe, Cut, CutFinder, LiveDraft, Session
 from splitcli.trace import Trace
 
 
-class StreamOptions(ModeOptions):
+class StreamOptions(ProbeOptions):
     bucket: int = Field(8, ge=1, description="big-model tokens per batch of probes, sent while it streams on")
     probe_tokens: int = Field(6, ge=1, description="tokens the small model writes per probe")
     big_segment_cap: int = Field(128, ge=1, description="longest big segment before </bigmodel> is forced")
-    probe_stride: int = Field(1, ge=1, description="probe every Nth prefix, then those before a close "
-                                                   "(cheaper, approximate: a close not repeated is missed; 1 is exact)")
+    probes_in_flight: int = Field(2, ge=1, description="most probe requests out at once; tokens that arrive "
+                                                       "meanwhile join the next one (at long context a request "
+                                                       "costs about the same for 8 prefixes or 64)")
     warm_every: int = Field(128, ge=0, description="tokens between warm-ups of the idle model (0: none)")
 
 
@@ -39,6 +40,7 @@ class SplitReasonStream(Mode):
 
     async def run(self, session: Session, trace: Trace) -> None:
         session.warm_every = self.options.warm_every
+        session.probe_route = self.options.probe_route
         while True:
             _, result = await session.write("small", session.room(), stop=[session.tags.open_tag])
             if not (result.stopped_on_string and result.stop_reason == session.tags.open_tag):
@@ -75,25 +77,28 @@ class SplitReasonStream(Mode):
         return await session.hand_back(segment, "context")
 
     async def _watch(self, session: Session, live: LiveDraft) -> Cut | None:
-        """Probe each bucket as it arrives, without pausing the stream; read answers in prefix order,
-        and stop watching as soon as the earliest closing prefix is known."""
+        """Probe each bucket as it arrives (at most `probes_in_flight` requests out; what arrives
+        meanwhile joins the next), without pausing the stream; read answers in prefix order, and stop
+        watching as soon as the earliest closing prefix is known."""
         finder = CutFinder()
         in_flight: deque[asyncio.Task[list[CloseProbe]]] = deque()
         probed = 0
         while True:
-            arrived = live.tokens
-            if arrived - probed >= self.options.bucket or (live.finished and arrived > probed):
-                in_flight.append(session.in_background(
-                    session.probe_close(live.completion, probed, arrived, self.options.probe_tokens,
-                                        self.options.probe_stride)))
-                probed = arrived
             while in_flight and in_flight[0].done():
                 cut = finder.feed(in_flight.popleft().result())
                 if cut is not None:
                     return cut
+            arrived = live.tokens
+            room = len(in_flight) < self.options.probes_in_flight
+            if room and (arrived - probed >= self.options.bucket or (live.finished and arrived > probed)):
+                in_flight.append(session.in_background(
+                    session.probe_close(live.completion, probed, arrived, self.options.probe_tokens,
+                                        self.options.probe_stride)))
+                probed = arrived
+                room = len(in_flight) < self.options.probes_in_flight
             if live.finished:
                 live.raise_failure()
-                if probed >= live.tokens:
+                if probed >= live.tokens or not room:
                     if not in_flight:
                         return finder.finish()
                     await asyncio.wait([in_flight[0]])
