@@ -2,11 +2,12 @@
 of the R1-Distill-Qwen 1.5B and 7B shapes with the demo tokenizer, CUDA graphs on.
 
     python benchmarks/gpu_bench.py WORK models    # random weights (seconds on a GPU)
-    python benchmarks/gpu_bench.py WORK serve     # small, big, spec (big drafted by small), small with sha256
+    python benchmarks/gpu_bench.py WORK serve     # small and big
     python benchmarks/gpu_bench.py WORK decode    # single-stream decode rates
     python benchmarks/gpu_bench.py WORK probe     # probe cost per big chunk at 1k..16k: before and after
     python benchmarks/gpu_bench.py WORK handoff   # time to the other model's first token, cold and warm
-    python benchmarks/gpu_bench.py WORK e2e [4096 16384]   # forced ~5%-offload traces in every mode vs ideal
+    python benchmarks/gpu_bench.py WORK e2e [4096 16384]   # forced ~5%-offload traces in five modes vs ideal
+    python benchmarks/gpu_bench.py WORK e2e-spec [2048]    # spec-decoding (starts its server; slow: see below)
     python benchmarks/gpu_bench.py WORK lifecycle # a foreign process, kill-gpus, stop
     python benchmarks/gpu_bench.py WORK vocab     # does vLLM take a 151936-row draft for a 152064-row target?
 
@@ -66,13 +67,6 @@ big: {{model: {models / 'big'}, served_name: big, port: 8302, gpus: [0], gpu_mem
       speculative: {{method: draft_model, num_speculative_tokens: 5, port: 8312}}}}
 sampling: {{temperature: 0.0, max_tokens: 20480, seed: 0}}
 """)
-    # The same small model on a second server with vLLM's default prefix-cache hashing (the "before").
-    variant = out / "gpu-sha256.yaml"
-    variant.write_text(f"""description: the small model again, prefix-cache blocks hashed with vLLM's default sha256
-extends: {path}
-small: {{port: 8311, gpu_memory: 0.08, extra_args: []}}
-big: {{endpoints: [http://127.0.0.1:8302], speculative: null}}
-""")
     return path
 
 
@@ -118,9 +112,7 @@ def models(out: Path) -> dict[str, Any]:
 
 def serve(out: Path) -> dict[str, Any]:
     path = out / "gpu-pair.yaml"
-    steps = [cli("serve", "--profile", str(path), "--only", "small,big,spec", "--detach"),
-             cli("serve", "--profile", str(out / "gpu-sha256.yaml"), "--only", "small", "--detach"),
-             cli("ps", "--json")]
+    steps = [cli("serve", "--profile", str(path), "--only", "small,big", "--detach"), cli("ps", "--json")]
     return {"steps": steps}
 
 
@@ -131,8 +123,7 @@ def _clients(urls: dict[str, str]) -> dict[str, Any]:
             for name, (served, url) in {k: (v.split("|")[0], v.split("|")[1]) for k, v in urls.items()}.items()}
 
 
-SERVERS = {"small": "small|http://127.0.0.1:8301", "small-sha256": "small|http://127.0.0.1:8311",
-           "big": "big|http://127.0.0.1:8302", "spec": "big|http://127.0.0.1:8312"}
+SERVERS = {"small": "small|http://127.0.0.1:8301", "big": "big|http://127.0.0.1:8302"}
 
 
 def _context(length: int, seed: int) -> list[int]:
@@ -156,42 +147,26 @@ async def _median(call: Any, *args: Any, repeats: int = 3, **kwargs: Any) -> flo
 
 
 async def probe_costs() -> dict[str, Any]:
-    """Per big chunk (64 tokens): the cost of probing every prefix, as the modes do, and of cheaper ways."""
-    from splitcli.engine import Prefixed
-
+    """Per big chunk (64 tokens): probing every prefix over the OpenAI API (each prefix resends the
+    context) against the continuations route (the context sent once), as the modes call them."""
     clients = _clients(SERVERS)
     rows = []
     try:
         for length in CONTEXTS:
             base = _context(length, length)
-            chunk = _context(CHUNK, length + 1)
-            for name in ("small", "small-sha256", "big"):
+            for name in ("small", "big"):
                 await clients[name].complete([base], max_tokens=1)  # cache the context, as at run time
             row: dict[str, Any] = {"context": length}
-            # (label, server, every k-th prefix, probe tokens, prefixes per request, token ids back)
-            for label, server, every, tokens, per_request, ids in (
-                    ("before: 64 prefixes x 8 tokens, ids back, sha256", "small-sha256", 1, 8, CHUNK, True),
-                    ("64 x 8, text only, sha256", "small-sha256", 1, 8, CHUNK, False),
-                    ("64 x 6, text only, sha256", "small-sha256", 1, 6, CHUNK, False),
-                    ("64 x 6, ids back, xxhash", "small", 1, 6, CHUNK, True),
-                    ("after: 64 x 6, text only, xxhash", "small", 1, 6, CHUNK, False),
-                    ("64 x 1, text only, xxhash", "small", 1, 1, CHUNK, False),
-                    ("sum of 8 requests of 8 x 6 (stream buckets), xxhash", "small", 1, 6, 8, False),
-                    ("stride 8: 8 x 6, xxhash", "small", 8, 6, CHUNK, False),
-                    ("stride 16: 4 x 6, xxhash", "small", 16, 6, CHUNK, False)):
-                prompts: list[Any] = [Prefixed(base, chunk[:i]) for i in range(1, CHUNK + 1)
-                                      if i % every == 0 or i == CHUNK]
-                batches = [prompts[i:i + per_request] for i in range(0, len(prompts), per_request)]
-
-                async def send(server: str = server, tokens: int = tokens, ids: bool = ids,
-                               batches: list[list[Any]] = batches) -> None:
-                    for batch in batches:
-                        await clients[server].complete(batch, max_tokens=tokens, temperature=0.0, token_ids=ids)
-
-                row[label] = await _median(send)
-            row["one cached prompt"] = await _median(clients["small"].complete, [base + chunk], max_tokens=1)
+            seeds = iter(range(length * 100, length * 100 + 1000))  # every probe of a new chunk: nothing cached
+            for label, buckets in (("before: 64 prefixes x 6 tokens, one OpenAI request", None),
+                                   ("after: continuations route, one request", [CHUNK]),
+                                   ("after: route, 8 requests of 8 prefixes (stream buckets)", [8] * 8)):
+                row[label] = await _median(_probe_chunk, clients["small"], base, buckets, seeds)
+            row["one cached prompt"] = await _median(clients["small"].complete, [base + _context(CHUNK, 7)], max_tokens=1)
             row["big decodes the 64-token chunk"] = await _median(clients["big"].complete, [base], max_tokens=CHUNK,
                                                                   temperature=0.0)
+            row["route / big chunk"] = round(row["after: continuations route, one request"]
+                                             / row["big decodes the 64-token chunk"], 3)
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
@@ -200,12 +175,29 @@ async def probe_costs() -> dict[str, Any]:
     return {"chunk": CHUNK, "rows": rows}
 
 
+async def _probe_chunk(client: Any, base: list[int], buckets: list[int] | None, seeds: Any) -> None:
+    """Probe every prefix of a new 64-token chunk after `base`: over the OpenAI API (None), or through
+    the continuations route in requests of `buckets` prefixes."""
+    from splitcli.engine import Prefixed
+
+    chunk = _context(CHUNK, next(seeds))
+    if buckets is None:
+        prompts: list[Any] = [Prefixed(base, chunk[:i]) for i in range(1, CHUNK + 1)]
+        await client.complete(prompts, max_tokens=6, temperature=0.0, token_ids=False)
+        return
+    done = 0
+    for size in buckets:
+        texts = await client.continuations(base + chunk[:done + size], len(base) + done + 1, 6, "</big")
+        assert texts is not None and len(texts) == size
+        done += size
+
+
 async def decode_rates() -> dict[str, Any]:
     clients = _clients(SERVERS)
     rates = {}
     try:
         prompt = _context(64, 7)
-        for name in ("small", "big", "spec"):
+        for name in ("small", "big"):
             await clients[name].complete([prompt], max_tokens=16)
             seconds, (result,) = await _timed(clients[name].complete([prompt], max_tokens=512, temperature=0.0))
             rates[name] = {"tokens": len(result.token_ids), "seconds": round(seconds, 3),
@@ -248,8 +240,11 @@ async def _first_token(client: Any, prompt: list[int]) -> tuple[float, Any]:
     return first[0] - started, result
 
 
-def e2e(out: Path, lengths: list[int]) -> dict[str, Any]:
-    """Forced ~5%-offload traces in every mode on the same servers, next to the ideal time."""
+def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitreason-stream", "bench-splitreason",
+                                                                  "big-only", "random-switch", "small-only"),
+        name: str = "e2e") -> dict[str, Any]:
+    """Forced ~5%-offload traces in each mode on the same servers, next to the ideal time. Rows are
+    written as they come (WORK/NAME-rows.jsonl, and $OUT) so that a call cut short keeps them."""
     from splitcli.modes import register
     from splitcli.modes.splitreason import SplitReason
     from splitcli.modes.splitreason_stream import SplitReasonStream
@@ -280,9 +275,9 @@ def e2e(out: Path, lengths: list[int]) -> dict[str, Any]:
              "modes.random-switch.ratio=19", "modes.random-switch.chunk=32", "modes.random-switch.seed=0"]
     rates = json.loads((out / "decode.json").read_text()) if (out / "decode.json").exists() else None
     results = []
+    sinks = [out / f"{name}-rows.jsonl", *([Path(os.environ["OUT"]) / f"{name}-rows.jsonl"] if os.environ.get("OUT") else [])]
     for length in lengths:
-        for mode in ("bench-splitreason-stream", "bench-splitreason", "big-only", "spec-decoding", "random-switch",
-                     "small-only"):
+        for mode in modes:
             profile = load_profile(str(out / "gpu-pair.yaml"), [*knobs, f"sampling.max_tokens={length}"])
             trace = asyncio.run(run_question(profile, "Say something long.", mode))
             stats = trace.stats()
@@ -298,7 +293,27 @@ def e2e(out: Path, lengths: list[int]) -> dict[str, Any]:
                 row["vs_ideal"] = round(row["wall_s"] / row["ideal_s"], 3) if row["ideal_s"] else None
             results.append(row)
             print(json.dumps(row), flush=True)
-    return {"every": every, "cap": 51, "rows": results}
+            for sink in sinks:
+                with sink.open("a") as rows_file:
+                    rows_file.write(json.dumps(row) + "\n")
+    return {"every": every, "cap": 51, "rows": same_run_ideal(results)}
+
+
+def same_run_ideal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ideal from this run's own small-only and big-only traces of the same length: each model's
+    seconds per token at the context lengths the trace really reaches (a single-stream decode rate at
+    a short context flatters neither and varies run to run: 425-557 tok/s for the small model)."""
+    for row in rows:
+        per_token = {}
+        for model, mode in (("small", "small-only"), ("big", "big-only")):
+            alone = next((r for r in rows if r["length"] == row["length"] and r["mode"] == mode and not r["error"]), None)
+            if alone:
+                per_token[model] = alone["wall_s"] / alone["tokens"][model]
+        if len(per_token) == 2:
+            ideal = sum(row["tokens"][model] * per_token[model] for model in ("small", "big"))
+            row["ideal_same_run_s"] = round(ideal, 3)
+            row["vs_ideal_same_run"] = round(row["wall_s"] / ideal, 3)
+    return rows
 
 
 def lifecycle(out: Path) -> dict[str, Any]:
@@ -309,8 +324,8 @@ def lifecycle(out: Path) -> dict[str, Any]:
                 "processes": [{"pid": p.pid, "mib": round(p.used_mib), "command": p.command[:50]} for p in gpus.processes([0])]}
 
     report: dict[str, Any] = {"before": used()}
-    # `stop` one server: its API server, engine core and workers end and their memory is freed.
-    report["stop_sha256_small"] = cli("stop", "gpu-sha256-small")
+    # `stop` every server: API servers, engine cores and workers end, and their memory is freed.
+    report["stop_all"] = cli("stop", "--all")
     time.sleep(1)
     report["after_stop"] = used()
     foreign = subprocess.Popen([sys.executable, "-c", "import torch, time; x = torch.ones(2**29, device='cuda'); "
@@ -369,6 +384,10 @@ def main() -> None:
         result = asyncio.run(handoffs())
     elif phase == "e2e":
         result = e2e(out, [int(arg) for arg in sys.argv[3:]] or [4096, 16384])
+    elif phase == "e2e-spec":
+        started = cli("serve", "--profile", str(out / "gpu-pair.yaml"), "--only", "spec", "--detach")
+        result = {"serve_spec": started, **e2e(out, [int(arg) for arg in sys.argv[3:]] or [2048], ("spec-decoding",),
+                                                "e2e-spec")}
     elif phase == "lifecycle":
         result = lifecycle(out)
     elif phase == "vocab":
