@@ -127,7 +127,9 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
     skip_special = bool(request.get("skip_special_tokens", True))
     if not 1 <= first <= len(ids) or max_tokens < 1 or not marker:
         raise ValueError("need 1 <= first <= len(prompt), max_tokens >= 1 and a marker")
-    limit = _max_model_len(engine)
+    config = _model_config(engine)
+    limit = int(getattr(config, "max_model_len", 0) or 0)
+    penalties = _default_penalties(config)
     # Pass 1: the greedy next token after every prefix. Prompt logprobs normally skip the prefix
     # cache (they want every position); here only positions after the cached context matter, so the
     # cache is read, and positions it covered are known from num_cached_tokens and not trusted.
@@ -148,7 +150,7 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
     read = byte_reader(tokenizer)
 
     def could_close(length: int, token: int | None, text: str) -> bool:
-        if token is None:
+        if token is None or penalties:  # penalties change the greedy token: pass 1 cannot tell
             return True
         if "\ufffd" in text and read is not None:
             before, own = read(ids[max(0, length - 3):length]), read([token])
@@ -172,7 +174,7 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
         def probe(length: int) -> Any:
             room = limit - length if limit else max_tokens
             return SamplingParams(temperature=0.0, max_tokens=min(max_tokens, room), detokenize=False,
-                                  output_kind=RequestOutputKind.FINAL_ONLY)
+                                  output_kind=RequestOutputKind.FINAL_ONLY, **penalties)
 
         outputs = await asyncio.gather(*(_final(engine, ids[:length], probe(length)) for length in full))
         for length, result in zip(full, outputs, strict=True):
@@ -202,7 +204,17 @@ async def _final(engine: Any, ids: list[int], params: Any) -> Any:
     return final
 
 
-def _max_model_len(engine: Any) -> int:
-    config = getattr(engine, "model_config", None) or getattr(getattr(engine, "vllm_config", None), "model_config",
-                                                                None)
-    return int(getattr(config, "max_model_len", 0) or 0)
+def _model_config(engine: Any) -> Any:
+    return getattr(engine, "model_config", None) or getattr(getattr(engine, "vllm_config", None), "model_config", None)
+
+
+def _default_penalties(config: Any) -> dict[str, float]:
+    """Penalties from the model's generation_config, which vLLM's OpenAI server applies to requests
+    that do not set them (the probes over that API get them too): the same here, for the same text."""
+    neutral = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+    try:
+        defaults = config.get_diff_sampling_param() if config is not None else {}
+    except Exception:  # a vLLM without it: none applied there either
+        defaults = {}
+    return {name: float(defaults[name]) for name, value in neutral.items()
+            if defaults.get(name) is not None and float(defaults[name]) != value}

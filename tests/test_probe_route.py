@@ -11,7 +11,7 @@ import pytest
 
 from splitcli import demo
 from splitcli.engine import EngineClient
-from splitcli.engine_route import byte_reader, bytes_may_begin, may_begin
+from splitcli.engine_route import _default_penalties, byte_reader, bytes_may_begin, may_begin
 from splitcli.modes import Mode, register
 from splitcli.profiles import load_profile
 from splitcli.session import CloseProbe, Session, run_question
@@ -123,3 +123,13 @@ def test_the_bytes_of_byte_level_tokens_are_read_back() -> None:
     ids = tokenizer.encode("naïve <x>", add_special_tokens=False)
     assert read(ids) == "naïve <x>".encode()
     assert any("\ufffd" in tokenizer.decode([token]) and len(read([token]) or b"") == 1 for token in range(len(tokenizer)))
+
+
+def test_penalties_from_generation_config_are_applied_as_the_openai_server_applies_them() -> None:
+    # With a penalty the greedy token is not the top prompt log-prob: every prefix is then decoded.
+    class Config:
+        def get_diff_sampling_param(self) -> dict[str, float]:
+            return {"temperature": 0.6, "top_p": 0.95, "repetition_penalty": 1.05, "presence_penalty": 0.0}
+
+    assert _default_penalties(Config()) == {"repetition_penalty": 1.05}
+    assert _default_penalties(None) == {}

@@ -195,7 +195,8 @@ def test_profiles_list_says_in_full_why_a_profile_is_invalid(tmp_path: Path) -> 
 def test_profiles_show_lists_every_modes_knobs_with_defaults() -> None:
     shown = cli("profiles", "show", "demo", "--json", "--set", "modes.splitreason.chunk=16").json()
     modes = shown["modes"]  # type: ignore[index]
-    assert modes["splitreason"] == {"chunk": 16, "probe_tokens": 8, "big_segment_cap": 512, "probe_stride": 1}
+    assert modes["splitreason"] == {"chunk": 16, "probe_tokens": 8, "big_segment_cap": 512, "probe_stride": 1,
+                                    "probe_route": True}
     assert modes["random-switch"] == {"ratio": 9, "chunk": 32, "seed": None}
     assert set(modes) >= {"big-only", "small-only"}
 

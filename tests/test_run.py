@@ -58,7 +58,8 @@ def test_json_schema() -> None:
     assert set(trace) >= {"version", "question", "mode", "profile", "models", "options", "sampling", "handoff",  # type: ignore[arg-type]
                           "segments", "calls", "wall_seconds", "error", "stats"}
     assert trace["version"] == 2 and trace["mode"] == "splitreason"  # type: ignore[index]
-    assert trace["options"] == {"chunk": 64, "probe_tokens": 8, "big_segment_cap": 512, "probe_stride": 1}  # type: ignore[index]
+    assert trace["options"] == {"chunk": 64, "probe_tokens": 8, "big_segment_cap": 512, "probe_stride": 1,  # type: ignore[index]
+                                "probe_route": True}
     segment = trace["segments"][0]  # type: ignore[index]
     assert set(segment) == {"model", "text", "token_ids", "start", "end", "first_token", "prompt_tokens",
                             "cached_tokens", "finish_reason", "dropped_tokens", "kept", "branch"}
@@ -68,12 +69,17 @@ def test_json_schema() -> None:
                                    "handoff_costs", "answer"}
 
 
-def test_probes_are_one_batched_request_per_chunk() -> None:
-    trace = cli("run", DEMO_QUESTION, "--json").json()
-    probes = [call for call in trace["calls"] if call["kind"] == "probe"]  # type: ignore[index]
-    big_chunks = [call for call in trace["calls"] if call["kind"] == "generate" and call["model"] == "big"]  # type: ignore[index]
-    assert len(probes) == len(big_chunks) == 1
-    assert probes[0]["prompts"] == big_chunks[0]["completion_tokens"]  # every prefix of the chunk
+def test_probes_are_one_request_per_chunk_with_the_context_sent_once() -> None:
+    found = {}
+    for route in ("true", "false"):
+        trace = cli("run", DEMO_QUESTION, "--json", "--set", f"modes.splitreason.probe_route={route}").json()
+        probes = [call for call in trace["calls"] if call["kind"] == "probe"]  # type: ignore[index]
+        big_chunks = [call for call in trace["calls"] if call["kind"] == "generate" and call["model"] == "big"]  # type: ignore[index]
+        assert len(probes) == len(big_chunks) == 1
+        found[route] = probes[0], big_chunks[0]["completion_tokens"]
+    (over_api, chunk), (routed, _) = found["false"], found["true"]
+    assert over_api["prompts"] == chunk  # every prefix of the chunk, each a prompt with the whole context
+    assert routed["prompts"] < chunk and routed["prompt_tokens"] < over_api["prompt_tokens"] / 4
 
 
 def test_a_dumb_terminal_gets_the_big_model_markers() -> None:
