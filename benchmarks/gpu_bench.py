@@ -146,7 +146,7 @@ async def _median(call: Any, *args: Any, repeats: int = 3, **kwargs: Any) -> flo
     return round(statistics.median(times), 4)
 
 
-async def probe_costs() -> dict[str, Any]:
+async def probe_costs(with_big: bool = True) -> dict[str, Any]:
     """Per big chunk (64 tokens): probing every prefix over the OpenAI API (each prefix resends the
     context) against the continuations route (the context sent once), as the modes call them."""
     clients = _clients(SERVERS)
@@ -154,7 +154,7 @@ async def probe_costs() -> dict[str, Any]:
     try:
         for length in CONTEXTS:
             base = _context(length, length)
-            for name in ("small", "big"):
+            for name in ("small", "big") if with_big else ("small",):
                 await clients[name].complete([base], max_tokens=1)  # cache the context, as at run time
             row: dict[str, Any] = {"context": length}
             seeds = iter(range(length * 100, length * 100 + 1000))  # every probe of a new chunk: nothing cached
@@ -163,10 +163,11 @@ async def probe_costs() -> dict[str, Any]:
                                    ("after: route, 8 requests of 8 prefixes (stream buckets)", [8] * 8)):
                 row[label] = await _median(_probe_chunk, clients["small"], base, buckets, seeds)
             row["one cached prompt"] = await _median(clients["small"].complete, [base + _context(CHUNK, 7)], max_tokens=1)
-            row["big decodes the 64-token chunk"] = await _median(clients["big"].complete, [base], max_tokens=CHUNK,
-                                                                  temperature=0.0)
-            row["route / big chunk"] = round(row["after: continuations route, one request"]
-                                             / row["big decodes the 64-token chunk"], 3)
+            if with_big:
+                row["big decodes the 64-token chunk"] = await _median(clients["big"].complete, [base],
+                                                                      max_tokens=CHUNK, temperature=0.0)
+                row["route / big chunk"] = round(row["after: continuations route, one request"]
+                                                 / row["big decodes the 64-token chunk"], 3)
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
@@ -376,8 +377,8 @@ def main() -> None:
         result = models(out)
     elif phase == "serve":
         result = serve(out)
-    elif phase == "probe":
-        result = asyncio.run(probe_costs())
+    elif phase == "probe":  # `probe small`: only the small server is up (the big chunk's decode not timed)
+        result = asyncio.run(probe_costs(with_big=sys.argv[3:] != ["small"]))
     elif phase == "decode":
         result = asyncio.run(decode_rates())
     elif phase == "handoff":

