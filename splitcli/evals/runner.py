@@ -6,24 +6,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from splitcli import __version__
+from splitcli.datafiles import RunFolder
 from splitcli.engine import EngineClient
-from splitcli.errors import DataError
 from splitcli.evals import grading, metrics
 from splitcli.evals.tasks import Problem, ProblemSet, derived_seed
 from splitcli.profiles import Profile, ServerKey
 from splitcli.session import close_clients, open_clients, run_question
 from splitcli.trace import Model
 
-RUN_FILE = "run.json"
 SAMPLES_FILE = "samples.jsonl"
 RESULTS_FILE = "results.json"
 TEMPLATE_PROBE = [{"role": "user", "content": "splitreason template probe: what is 1 + 1?"}]
@@ -106,54 +103,14 @@ def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
 # ---------------------------------------------------------------- the run folder
 
 
-class RunDir:
-    """run.json (inputs and fingerprint), samples.jsonl (one line per finished sample), results.json."""
+class RunDir(RunFolder):
+    """run.json, samples.jsonl (one line per finished sample) and results.json."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def read_run(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.path / RUN_FILE).read_text())
-        except FileNotFoundError:
-            raise DataError(f"--resume {self.path}: no {RUN_FILE} there (give a folder an eval wrote)") from None
-        except (OSError, ValueError) as exc:
-            raise DataError(f"--resume {self.path}: {RUN_FILE} cannot be read ({exc})") from None
-
-    def write_run(self, data: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f".{RUN_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(self.path / RUN_FILE)
+    progress_file = SAMPLES_FILE
+    writer = "an eval"
 
     def load_samples(self) -> dict[tuple[str, int], dict[str, Any]]:
-        """Samples written so far, the last line per sample winning; a torn last line (the process was
-        killed while writing it) is cut off the file."""
-        file = self.path / SAMPLES_FILE
-        if not file.exists():
-            return {}
-        raw = file.read_bytes()
-        found: dict[tuple[str, int], dict[str, Any]] = {}
-        good_end = 0
-        for line in raw.splitlines(keepends=True):
-            try:
-                record = json.loads(line)
-                complete = line.endswith(b"\n")
-            except ValueError:
-                complete = False
-            if not complete:
-                break  # only the last line can be torn: appends are sequential
-            found[(str(record["problem_id"]), int(record["sample"]))] = record
-            good_end += len(line)
-        if good_end < len(raw):
-            with open(file, "r+b") as handle:
-                handle.truncate(good_end)
-        return found
-
-    def append(self, record: dict[str, Any]) -> None:
-        with open(self.path / SAMPLES_FILE, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        return self.load(lambda record: (str(record["problem_id"]), int(record["sample"])))
 
     def write_results(self, results: dict[str, Any]) -> None:
         (self.path / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")

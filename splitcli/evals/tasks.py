@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from splitcli import paths
+from splitcli.datafiles import load_local, quiet_datasets
 from splitcli.errors import DataError
 
 Grader = Literal["math", "choice"]
@@ -139,7 +140,7 @@ def load_problems(task: Task, run_seed: int, data: Path | None = None, revision:
     """The task's problems: built in, from a local file or folder (`data`), or from the hub."""
     fields = task
     if data is not None:
-        rows, source, resolved, fields = _load_local(data), str(data), None, LOCAL_FIELDS
+        rows, source, resolved, fields = load_local(data), str(data), None, LOCAL_FIELDS
     elif task.dataset is None:
         from splitcli import demo
 
@@ -157,28 +158,6 @@ def load_problems(task: Task, run_seed: int, data: Path | None = None, revision:
     return ProblemSet(task, problems[:limit] if limit else problems, source, resolved)
 
 
-def _load_local(path: Path) -> list[dict[str, Any]]:
-    import datasets
-
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder (give a JSONL, parquet or CSV file, or a dataset folder)")
-    builders = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-    _quiet_datasets()
-    try:
-        if path.is_dir():
-            loaded = datasets.load_dataset(str(path), cache_dir=str(paths.data_dir()))
-        elif path.suffix in builders:
-            loaded = datasets.load_dataset(builders[path.suffix], data_files=str(path), cache_dir=str(paths.data_dir()))
-        else:
-            raise DataError(f"{path}: unknown kind of file (use .jsonl, .parquet or .csv, or a dataset folder)")
-    except DataError:
-        raise
-    except Exception as exc:  # broad on purpose: datasets/pyarrow raise many kinds for a malformed file
-        raise DataError(f"{path}: cannot be read as a data set ({type(exc).__name__}: {str(exc)[:200]})") from None
-    split = next(iter(loaded.values())) if isinstance(loaded, datasets.DatasetDict) else loaded
-    return [dict(row) for row in split]
-
-
 def _load_hub(task: Task, revision: str | None) -> tuple[list[dict[str, Any]], str | None]:
     import datasets
 
@@ -188,7 +167,7 @@ def _load_hub(task: Task, revision: str | None) -> tuple[list[dict[str, Any]], s
     if task.gated and token is None:
         raise DataError(f"task {task.name}: {task.dataset} is gated: accept its terms on huggingface.co and set HF_TOKEN "
                         f"(in the environment or .env), {way_out}")
-    _quiet_datasets()
+    quiet_datasets()
     try:
         split = datasets.load_dataset(task.dataset, task.config, split=task.split, revision=revision, token=token,
                                       cache_dir=str(paths.data_dir()))
@@ -209,8 +188,3 @@ def _hub_commit(dataset: str, token: str | None) -> str | None:
         return None
 
 
-def _quiet_datasets() -> None:
-    import datasets
-
-    datasets.disable_progress_bars()  # our own progress bar says what is happening
-    datasets.logging.set_verbosity_error()

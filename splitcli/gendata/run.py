@@ -7,14 +7,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from splitcli import __version__
-from splitcli.errors import DataError
+from splitcli.datafiles import RunFolder
 from splitcli.evals.tasks import derived_seed
 from splitcli.gendata import stats
 from splitcli.gendata.align import insert_tags, merge, tagged_share
@@ -22,7 +20,6 @@ from splitcli.gendata.annotate import Annotator
 from splitcli.gendata.sources import Source, SourceSet
 from splitcli.profiles import Profile
 
-RUN_FILE = "run.json"
 PROGRESS_FILE = "progress.jsonl"
 DATA_FILE = "data.jsonl"
 REJECTED_FILE = "rejected.jsonl"
@@ -54,48 +51,14 @@ def fingerprint(plan: GendataPlan) -> dict[str, Any]:
     }
 
 
-class RunDir:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+class RunDir(RunFolder):
+    """run.json, progress.jsonl (one line per finished trace) and the outputs."""
 
-    def read_run(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.path / RUN_FILE).read_text())
-        except FileNotFoundError:
-            raise DataError(f"--resume {self.path}: no {RUN_FILE} there (give a folder gendata wrote)") from None
-        except (OSError, ValueError) as exc:
-            raise DataError(f"--resume {self.path}: {RUN_FILE} cannot be read ({exc})") from None
-
-    def write_run(self, data: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f".{RUN_FILE}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(self.path / RUN_FILE)
+    progress_file = PROGRESS_FILE
+    writer = "gendata"
 
     def load_progress(self) -> dict[str, dict[str, Any]]:
-        """Results so far by id; a torn last line (killed while writing) is cut off the file."""
-        file = self.path / PROGRESS_FILE
-        if not file.exists():
-            return {}
-        raw, found, good_end = file.read_bytes(), {}, 0
-        for line in raw.splitlines(keepends=True):
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break
-            if not line.endswith(b"\n"):
-                break
-            found[str(record["id"])] = record
-            good_end += len(line)
-        if good_end < len(raw):
-            with open(file, "r+b") as handle:
-                handle.truncate(good_end)
-        return found
-
-    def append(self, record: dict[str, Any]) -> None:
-        with open(self.path / PROGRESS_FILE, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        return self.load(lambda record: str(record["id"]))
 
     def write_outputs(self, plan: GendataPlan, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """data.jsonl (SFT chat messages), rejected.jsonl and stats.json, in source order; plots."""

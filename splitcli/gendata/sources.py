@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from splitcli import paths
+from splitcli.datafiles import load_local
 from splitcli.errors import DataError
 from splitcli.profiles import GendataSection
 
@@ -64,7 +65,7 @@ def load_sources(section: GendataSection, source: str | None = None, limit: int 
     if name == "demo":
         raw, fields = _demo_rows(), ("uuid", "problem", "generations")
     elif Path(name).exists():
-        raw = _load_local(Path(name))
+        raw = load_local(Path(name))
         if raw and section.id_field not in raw[0] and "id" in raw[0]:
             fields = ("id", "problem", "generation")  # a local file with the plain column names
     else:
@@ -84,26 +85,6 @@ def load_sources(section: GendataSection, source: str | None = None, limit: int 
     if len(set(ids)) != len(ids):
         raise DataError(f"{name}: ids are not unique (set gendata.id_field to a column that is)")
     return SourceSet(rows, name, revision)
-
-
-def _load_local(path: Path) -> list[dict[str, Any]]:
-    import datasets
-
-    builders = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-    datasets.disable_progress_bars()
-    try:
-        if path.is_dir():
-            loaded = datasets.load_dataset(str(path), cache_dir=str(paths.data_dir()))
-        elif path.suffix in builders:
-            loaded = datasets.load_dataset(builders[path.suffix], data_files=str(path), cache_dir=str(paths.data_dir()))
-        else:
-            raise DataError(f"{path}: unknown kind of file (use .jsonl or .parquet, or a dataset folder)")
-    except DataError:
-        raise
-    except Exception as exc:  # broad on purpose: datasets/pyarrow raise many kinds for a malformed file
-        raise DataError(f"{path}: cannot be read as a data set ({type(exc).__name__}: {str(exc)[:200]})") from None
-    split = next(iter(loaded.values())) if isinstance(loaded, datasets.DatasetDict) else loaded
-    return [dict(row) for row in split]
 
 
 def _load_hub(name: str, section: GendataSection, limit: int | None) -> tuple[list[dict[str, Any]], str | None]:
