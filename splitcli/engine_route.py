@@ -7,7 +7,8 @@ context, and at 16k tokens that costs more than the big model's own decoding of 
 per prompt token, however little is computed). Here one request reads the cached context once and
 gets the small model's greedy next token after EVERY prefix (prompt logprobs, top 1, for the new
 positions only). A continuation whose first token cannot begin `marker` (after whitespace) cannot
-close the segment, so only the few prefixes whose first token could are decoded in full. The caller
+close the segment; where the greedy tokens follow the sequence itself, the probe's continuation is
+read off the sequence; only the few prefixes still undecided are decoded in full. The caller
 gets, per prefix, text on which `text.lstrip().startswith(marker)` is what the full greedy probe says,
 and, where that is true, the full probe's text (its leading whitespace included).
 
@@ -22,6 +23,7 @@ import functools
 import inspect
 import json
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -118,7 +120,9 @@ def byte_reader(tokenizer: Any) -> Callable[[list[int]], bytes | None] | None:
 async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
     """request: {prompt: [ids], first: shortest prefix length, max_tokens, marker, skip_special_tokens}.
     Answer: {version, texts (one per prefix length first..len(prompt)), decoded (how many prefixes
-    were decoded in full), cached_tokens (of the first-token pass)}."""
+    were decoded in full), settled (how many whose first token could begin the marker were settled by
+    the sequence's own tokens instead), cached_tokens (of the first-token pass), seconds (first_tokens: pass 1,
+    total: both passes, measured in the server)}."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -133,15 +137,24 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
     # Pass 1: the greedy next token after every prefix. Prompt logprobs normally skip the prefix
     # cache (they want every position); here only positions after the cached context matter, so the
     # cache is read, and positions it covered are known from num_cached_tokens and not trusted.
+    # Rows of the prompt scores before `first - 1` are never read: vLLM need not make Python objects of them.
+    skipped = first - 1 if _tail_scores_installed() else 0
     params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1, skip_reading_prefix_cache=False,
-                            detokenize=False, flat_logprobs=True, output_kind=RequestOutputKind.FINAL_ONLY)
+                            detokenize=False, flat_logprobs=True, output_kind=RequestOutputKind.FINAL_ONLY,
+                            extra_args={TAIL_KEY: [skipped, len(ids) - 1]} if skipped else None)
+    started = time.perf_counter()
     output = await _final(engine, ids, params)
+    first_pass = time.perf_counter() - started
     cached = int(output.num_cached_tokens or 0)
+    scores = output.prompt_logprobs
+    offset = skipped if skipped and len(scores) == len(ids) - skipped else 0
+    if len(scores) != len(ids) - offset:
+        raise RuntimeError(f"vLLM returned {len(scores)} prompt scores for a prompt of {len(ids)} tokens")
     nexts: dict[int, int | None] = {len(ids): output.outputs[0].token_ids[0]}
     for length in range(first, len(ids)):
         # Entry `length` scores prompt[length] from the hidden state at length - 1: computed here
         # only if that position was not read from the cache.
-        entry = output.prompt_logprobs[length] if length - 1 >= cached else None
+        entry = scores[length - offset] if length - 1 >= cached else None
         best = [token for token, logprob in (entry or {}).items() if logprob.rank == 1]
         nexts[length] = best[0] if len(best) == 1 else None  # missing or tied: decode in full
     tokenizer = engine.get_tokenizer()
@@ -149,24 +162,48 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
         tokenizer = await tokenizer
     read = byte_reader(tokenizer)
 
-    def could_close(length: int, token: int | None, text: str) -> bool:
-        if token is None or penalties:  # penalties change the greedy token: pass 1 cannot tell
-            return True
+    def could_close(length: int, tokens: list[int], text: str) -> bool:
         if "\ufffd" in text and read is not None:
-            before, own = read(ids[max(0, length - 3):length]), read([token])
+            before, own = read(ids[max(0, length - 3):length]), read(tokens)
             if before is not None and own is not None:
                 return bytes_may_begin(_pending_bytes(before) + own, marker)
         return may_begin(text, marker)
 
+    special = set(getattr(tokenizer, "all_special_ids", None) or ())
+
+    def known_greedy(length: int, budget: int) -> list[int]:
+        """The greedy continuation after ids[:length] as far as pass 1 knows it: it follows the
+        sequence itself while each greedy token is the sequence's next, and ends with the first
+        that is not (or a special token, where the probe may stop)."""
+        tokens: list[int] = []
+        position = length
+        while len(tokens) < budget and (token := nexts.get(position)) is not None:
+            tokens.append(token)
+            if position == len(ids) or token != ids[position] or token in special:
+                break
+            position += 1
+        return tokens
+
     texts: dict[int, str] = {}
     full: list[int] = []
+    settled = 0  # prefixes whose first token could begin the marker, settled by the sequence itself
     for length in range(first, len(ids) + 1):
         token = nexts[length]
-        text = tokenizer.decode([token], skip_special_tokens=skip_special) if token is not None else ""
-        if could_close(length, token, text):
+        if token is None or penalties:  # penalties change the greedy tokens: pass 1 cannot tell
             full.append(length)
-        else:
-            texts[length] = text
+            continue
+        text = tokenizer.decode([token], skip_special_tokens=skip_special)
+        if could_close(length, [token], text):
+            budget = min(max_tokens, limit - length) if limit else max_tokens
+            tokens = known_greedy(length, budget)
+            complete = len(tokens) == budget  # the whole probe is known
+            if len(tokens) > 1 or complete:
+                text = _text_after(tokenizer, ids[max(0, length - CONTEXT_TOKENS):length], tokens, skip_special)
+            if not complete and could_close(length, tokens, text):
+                full.append(length)
+                continue
+            settled += 1
+        texts[length] = text
     # Pass 2: the few prefixes whose first token could begin the marker, decoded as the probe would.
     # vLLM's detokenizer would first read the whole prompt (~10 ms at 16k tokens, per probe): the
     # text is decoded here instead, after a few prompt tokens as context, as an incremental decoder does.
@@ -181,7 +218,8 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
             texts[length] = _text_after(tokenizer, ids[max(0, length - CONTEXT_TOKENS):length],
                                         list(result.outputs[0].token_ids), skip_special)
     return {"version": VERSION, "texts": [texts[length] for length in range(first, len(ids) + 1)],
-            "decoded": len(full), "cached_tokens": cached}
+            "decoded": len(full), "settled": settled, "cached_tokens": cached,
+            "seconds": {"first_tokens": round(first_pass, 6), "total": round(time.perf_counter() - started, 6)}}
 
 
 def _text_after(tokenizer: Any, before: list[int], new: list[int], skip_special: bool) -> str:
@@ -202,6 +240,49 @@ async def _final(engine: Any, ids: list[int], params: Any) -> Any:
     if final is None:
         raise RuntimeError("the engine returned nothing")
     return final
+
+
+TAIL_KEY = "splitreason_prompt_scores_from"
+
+
+@functools.cache
+def _tail_scores_installed() -> bool:
+    """Let a request skip the Python objects of prompt scores it will not read.
+
+    vLLM scores every prompt position, cached ones included (as uninitialised rows), and turns each
+    row into Python objects in the API server: ~2 us per position, 30-40 ms at 16k tokens, while
+    the probe reads 64 rows. A request whose `extra_args[TAIL_KEY]` is [skip, rows] gets only the
+    rows from `skip` on, when the scores arrive whole (rows == all of them); any other request,
+    and any vLLM whose LogprobsProcessor is not shaped as expected, keeps vLLM's own behaviour
+    (the caller sees the full count and reads it as such)."""
+    try:
+        from vllm.v1.engine.logprobs import LogprobsProcessor
+    except ImportError:
+        return False
+    create = LogprobsProcessor.__dict__.get("from_new_request")
+    update = LogprobsProcessor.__dict__.get("_update_prompt_logprobs")
+    if not isinstance(create, classmethod) or not callable(update) or getattr(update, "splitreason", False):
+        return bool(getattr(update, "splitreason", False))
+    def from_new_request(cls: Any, tokenizer: Any, request: Any) -> Any:
+        processor = create.__func__(cls, tokenizer, request)
+        extra = getattr(request.sampling_params, "extra_args", None) or {}
+        if TAIL_KEY in extra:
+            skip, rows = extra[TAIL_KEY]
+            processor.splitreason_tail = (int(skip), int(rows))
+        return processor
+
+    def update_prompt_logprobs(self: Any, tensors: Any) -> Any:
+        skip, rows = getattr(self, "splitreason_tail", (0, -1))
+        if skip and tensors.logprobs.shape[0] == rows:
+            tensors = tensors._replace(logprob_token_ids=tensors.logprob_token_ids[skip:],
+                                       logprobs=tensors.logprobs[skip:],
+                                       selected_token_ranks=tensors.selected_token_ranks[skip:])
+        return update(self, tensors)
+
+    update_prompt_logprobs.splitreason = True  # type: ignore[attr-defined]
+    LogprobsProcessor.from_new_request = classmethod(from_new_request)  # type: ignore[method-assign,assignment]
+    LogprobsProcessor._update_prompt_logprobs = update_prompt_logprobs  # type: ignore[method-assign]
+    return True
 
 
 def _model_config(engine: Any) -> Any:

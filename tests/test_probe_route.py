@@ -5,20 +5,31 @@ already holds part of the big segment (positions the first pass cannot score).""
 from __future__ import annotations
 
 import asyncio
+import uuid
+from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 from splitcli import demo
 from splitcli.engine import EngineClient
-from splitcli.engine_route import _default_penalties, byte_reader, bytes_may_begin, may_begin
+from splitcli.engine_route import (
+    PATH,
+    TAIL_KEY,
+    _default_penalties,
+    _tail_scores_installed,
+    byte_reader,
+    bytes_may_begin,
+    may_begin,
+)
 from splitcli.modes import Mode, register
 from splitcli.profiles import load_profile
 from splitcli.session import CloseProbe, Session, run_question
 from splitcli.trace import Trace
 
 pytestmark = pytest.mark.usefixtures("demo_servers")
-SMALL = "http://127.0.0.1:8101"  # the demo small server
+SMALL, BIG = "http://127.0.0.1:8101", "http://127.0.0.1:8102"  # the demo servers
 
 
 WAYS = (("route", True), ("every prefix", False), ("route, cached", True))
@@ -133,3 +144,66 @@ def test_penalties_from_generation_config_are_applied_as_the_openai_server_appli
 
     assert _default_penalties(Config()) == {"repetition_penalty": 1.05}
     assert _default_penalties(None) == {}
+
+
+def test_where_the_sequence_goes_as_the_small_model_would_the_first_pass_settles_the_probe() -> None:
+    # Pass 1 gives the greedy token after every prefix; while it is the sequence's own next token, the
+    # probe's continuation is read off the sequence: a whitespace first token followed (as the small
+    # model would) by a word needs no decode.
+    async def go(question: str) -> tuple[dict[str, Any], list[str]]:
+        client = EngineClient("small", "demo-small", [SMALL], "start it")
+        big = EngineClient("big", "demo-big", [BIG], "start it")
+        try:
+            # A question no earlier test asked, and a draft by the big model: nothing of it is in the
+            # small server's prefix cache (pass 1 does not score cached positions).
+            prompt, _ = await client.tokenize_chat([{"role": "user", "content": f"{question} ({uuid.uuid4().hex[:6]})"}])
+            (draft,) = await big.complete([prompt], max_tokens=48)
+            ids = prompt + draft.token_ids
+            async with httpx.AsyncClient(timeout=60) as http:
+                answer = (await http.post(f"{SMALL}{PATH}", json={"prompt": ids, "first": len(prompt) + 1,
+                                                                   "max_tokens": 6, "marker": "</big"})).json()
+            probes = await client.complete([ids[:n] for n in range(len(prompt) + 1, len(ids) + 1)], max_tokens=6,
+                                           token_ids=False)
+            return answer, [probe.text for probe in probes]
+        finally:
+            await client.aclose()
+            await big.aclose()
+
+    settled = 0
+    for item in demo.QUESTIONS:
+        answer, probes = asyncio.run(go(item.question))
+        texts = answer["texts"]
+        assert len(texts) == len(probes)
+        closes = [text.lstrip().startswith("</big") for text in probes]
+        assert [text.lstrip().startswith("</big") for text in texts] == closes
+        assert [text for text, close in zip(texts, closes, strict=True) if close] == [
+            text for text, close in zip(probes, closes, strict=True) if close]
+        settled += answer["settled"]
+    assert settled > 0
+
+
+def test_a_probe_request_skips_the_prompt_scores_it_will_not_read() -> None:
+    # vLLM turns every prompt position's scores into Python objects; the route asks for its tail only.
+    import torch
+    from vllm import SamplingParams
+    from vllm.v1.engine.logprobs import LogprobsProcessor
+    from vllm.v1.outputs import LogprobsTensors
+
+    assert _tail_scores_installed()
+
+    def scores(extra: dict[str, Any] | None) -> Any:
+        params = SamplingParams(prompt_logprobs=1, flat_logprobs=True, extra_args=extra)
+        processor = LogprobsProcessor.from_new_request(None, SimpleNamespace(sampling_params=params))
+        tensors = LogprobsTensors.empty_cpu(99, 2)  # a 100-token prompt: rows score tokens 1..99
+        tensors.logprob_token_ids.copy_(torch.arange(99, dtype=torch.int32)[:, None] * 2 + torch.tensor([0, 1]))
+        tensors.logprobs.fill_(-1.0)
+        tensors.selected_token_ranks.fill_(2)
+        processor._update_prompt_logprobs(tensors)
+        return processor.prompt_logprobs
+
+    everything = scores(None)
+    assert len(everything) == 100 and not everything[0] and set(everything[91]) == {180, 181}
+    tail = scores({TAIL_KEY: [90, 99]})
+    assert len(tail) == 10 and not tail[0]
+    assert set(tail[1]) == {180, 181} and tail[1][181].rank == 1  # row 90: what follows prompt[:91]
+    assert len(scores({TAIL_KEY: [90, 50]})) == 100  # not the whole prompt's rows: left as vLLM makes them
