@@ -146,10 +146,11 @@ def test_penalties_from_generation_config_are_applied_as_the_openai_server_appli
     assert _default_penalties(None) == {}
 
 
-def test_where_the_sequence_goes_as_the_small_model_would_the_first_pass_settles_the_probe() -> None:
+def test_probes_settled_off_the_sequence_say_what_decoding_them_says() -> None:
     # Pass 1 gives the greedy token after every prefix; while it is the sequence's own next token, the
     # probe's continuation is read off the sequence: a whitespace first token followed (as the small
-    # model would) by a word needs no decode.
+    # model would) by a word needs no decode. How many are settled depends on the trained weights
+    # (1-3 per question with one training, none with another), so what is checked is exactness.
     async def go(question: str) -> tuple[dict[str, Any], list[str]]:
         client = EngineClient("small", "demo-small", [SMALL], "start it")
         big = EngineClient("big", "demo-big", [BIG], "start it")
@@ -169,7 +170,6 @@ def test_where_the_sequence_goes_as_the_small_model_would_the_first_pass_settles
             await client.aclose()
             await big.aclose()
 
-    settled = 0
     for item in demo.QUESTIONS:
         answer, probes = asyncio.run(go(item.question))
         texts = answer["texts"]
@@ -178,8 +178,7 @@ def test_where_the_sequence_goes_as_the_small_model_would_the_first_pass_settles
         assert [text.lstrip().startswith("</big") for text in texts] == closes
         assert [text for text, close in zip(texts, closes, strict=True) if close] == [
             text for text, close in zip(probes, closes, strict=True) if close]
-        settled += answer["settled"]
-    assert settled > 0
+        assert answer["decoded"] + answer["settled"] <= len(texts)
 
 
 def test_a_probe_request_skips_the_prompt_scores_it_will_not_read() -> None:
