@@ -184,6 +184,9 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
             position += 1
         return tokens
 
+    def budget(length: int) -> int:  # the probe's max_tokens, within the model's context
+        return min(max_tokens, limit - length) if limit else max_tokens
+
     texts: dict[int, str] = {}
     full: list[int] = []
     settled = 0  # prefixes whose first token could begin the marker, settled by the sequence itself
@@ -194,9 +197,8 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
             continue
         text = tokenizer.decode([token], skip_special_tokens=skip_special)
         if could_close(length, [token], text):
-            budget = min(max_tokens, limit - length) if limit else max_tokens
-            tokens = known_greedy(length, budget)
-            complete = len(tokens) == budget  # the whole probe is known
+            tokens = known_greedy(length, budget(length))
+            complete = len(tokens) == budget(length)  # the whole probe is known
             if len(tokens) > 1 or complete:
                 text = _text_after(tokenizer, ids[max(0, length - CONTEXT_TOKENS):length], tokens, skip_special)
             if not complete and could_close(length, tokens, text):
@@ -209,8 +211,7 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
     # text is decoded here instead, after a few prompt tokens as context, as an incremental decoder does.
     if full:
         def probe(length: int) -> Any:
-            room = limit - length if limit else max_tokens
-            return SamplingParams(temperature=0.0, max_tokens=min(max_tokens, room), detokenize=False,
+            return SamplingParams(temperature=0.0, max_tokens=budget(length), detokenize=False,
                                   output_kind=RequestOutputKind.FINAL_ONLY, **penalties)
 
         outputs = await asyncio.gather(*(_final(engine, ids[:length], probe(length)) for length in full))
