@@ -8,6 +8,7 @@ of the R1-Distill-Qwen 1.5B and 7B shapes with the demo tokenizer, CUDA graphs o
     python benchmarks/gpu_bench.py WORK handoff   # time to the other model's first token, cold and warm
     python benchmarks/gpu_bench.py WORK e2e [4096 16384]   # forced ~5%-offload traces in five modes vs ideal
     python benchmarks/gpu_bench.py WORK e2e-spec [2048]    # spec-decoding (starts its server; slow: see below)
+    python benchmarks/gpu_bench.py WORK session [small big]  # handoff to a live request (vLLM streaming input) vs a new one
     python benchmarks/gpu_bench.py WORK lifecycle # a foreign process, kill-gpus, stop
     python benchmarks/gpu_bench.py WORK vocab     # does vLLM take a 151936-row draft for a 152064-row target?
 
@@ -163,6 +164,7 @@ async def probe_costs(with_big: bool = True) -> dict[str, Any]:
                                    ("after: route, 8 requests of 8 prefixes (stream buckets)", [8] * 8)):
                 row[label] = await _median(_probe_chunk, clients["small"], base, buckets, seeds)
             row["one cached prompt"] = await _median(clients["small"].complete, [base + _context(CHUNK, 7)], max_tokens=1)
+            row["route answer, one more chunk"] = await _route_answer(base + _context(CHUNK, next(seeds)), len(base) + 1)
             if with_big:
                 row["big decodes the 64-token chunk"] = await _median(clients["big"].complete, [base],
                                                                       max_tokens=CHUNK, temperature=0.0)
@@ -191,6 +193,20 @@ async def _probe_chunk(client: Any, base: list[int], buckets: list[int] | None, 
         texts = await client.continuations(base + chunk[:done + size], len(base) + done + 1, 6, "</big")
         assert texts is not None and len(texts) == size
         done += size
+
+
+async def _route_answer(prompt: list[int], first: int) -> dict[str, Any]:
+    """The route's own answer for one chunk, less the texts: the server-side seconds of its first
+    (scores) pass and of the whole request, how many prefixes it decoded in full and settled."""
+    import httpx
+
+    from splitcli.engine_route import PATH
+
+    async with httpx.AsyncClient(timeout=60) as http:
+        response = await http.post(SERVERS["small"].split("|")[1] + PATH, json={
+            "prompt": prompt, "first": first, "max_tokens": 6, "marker": "</big", "skip_special_tokens": True})
+    response.raise_for_status()
+    return {key: value for key, value in response.json().items() if key != "texts"}
 
 
 async def decode_rates() -> dict[str, Any]:
@@ -317,6 +333,82 @@ def same_run_ideal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def session_handoffs(out: Path, roles: list[str]) -> dict[str, Any]:
+    """Could a warm handoff cost a few decode steps? A new request pays per-request costs that grow
+    with the context it resends (its prefix cached or not); vLLM's streaming-input requests
+    (`AsyncLLM.generate` given an async generator of `StreamingInput`) keep one request alive and
+    take only the new tokens. In-process engines, one model at a time, no HTTP: the floor either
+    way. Per context: a decode step, time to the first token of a new request that brings 64 new
+    tokens after the cached context, and of the same 64 tokens appended to a live request."""
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.engine.protocol import StreamingInput
+    from vllm.inputs import TokensPrompt
+    from vllm.sampling_params import RequestOutputKind
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    def params(tokens: int) -> Any:
+        return SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True, output_kind=RequestOutputKind.DELTA)
+
+    async def measure(model: str, memory: float) -> list[dict[str, Any]]:
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, enable_prefix_caching=True, max_model_len=20480,
+                                                           gpu_memory_utilization=memory, dtype="bfloat16"))
+
+        async def first_token(prompt: list[int], tokens: int = 2) -> tuple[float, float, int]:
+            started, first, count = time.perf_counter(), 0.0, 0
+            async for output in engine.generate(TokensPrompt(prompt_token_ids=prompt), params(tokens), os.urandom(8).hex()):
+                if not first and output.outputs[0].token_ids:
+                    first = time.perf_counter() - started
+                count += len(output.outputs[0].token_ids)
+            return first, time.perf_counter() - started, count
+
+        rows = []
+        try:
+            for length in CONTEXTS:
+                base = _context(length, length)
+                await first_token(base, 1)
+                first, total, count = await first_token(base + _context(8, 1), 65)
+                new = statistics.median([(await first_token(base + _context(CHUNK, 10 + i)))[0] for i in range(3)])
+                inputs: asyncio.Queue[Any] = asyncio.Queue()
+
+                live = engine.generate(_drain(inputs), params(2), os.urandom(8).hex()).__aiter__()
+                appended = []
+                for index in range(4):  # the context first, then three handoffs of 64 new tokens
+                    prompt = base if index == 0 else _context(CHUNK, 20 + index)
+                    started = time.perf_counter()
+                    await inputs.put(StreamingInput(prompt=TokensPrompt(prompt_token_ids=prompt), sampling_params=params(2)))
+                    got, seen = 0, 0.0
+                    while got < 2:
+                        output = await live.__anext__()
+                        if not seen and output.outputs[0].token_ids:
+                            seen = time.perf_counter() - started
+                        got += len(output.outputs[0].token_ids)
+                    appended.append(seen)
+                await inputs.put(None)
+                async for _ in live:  # let the live request end before the next context
+                    pass
+                rows.append({"model": Path(model).name, "context": length,
+                             "decode_step_s": round((total - first) / (count - 1), 5), "new_request_s": round(new, 4),
+                             "live_request_append_s": [round(t, 4) for t in appended[1:]]})
+                print(json.dumps(rows[-1]), flush=True)
+                for sink in sinks:  # as they come: a call cut short keeps them
+                    with sink.open("a") as rows_file:
+                        rows_file.write(json.dumps(rows[-1]) + "\n")
+        finally:
+            engine.shutdown()
+        return rows
+
+    sinks = [out / "session-rows.jsonl", *([Path(os.environ["OUT"]) / "session-rows.jsonl"] if os.environ.get("OUT") else [])]
+    memory = {"small": 0.08, "big": 0.25}
+    return {"new_tokens": CHUNK, **{role: asyncio.run(measure(str(root() / role), memory[role])) for role in roles}}
+
+
+async def _drain(queue: asyncio.Queue[Any]) -> Any:
+    """The items put on `queue`, until None."""
+    while (item := await queue.get()) is not None:
+        yield item
+
+
 def lifecycle(out: Path) -> dict[str, Any]:
     from splitcli import gpus
 
@@ -389,6 +481,8 @@ def main() -> None:
         started = cli("serve", "--profile", str(out / "gpu-pair.yaml"), "--only", "spec", "--detach")
         result = {"serve_spec": started, **e2e(out, [int(arg) for arg in sys.argv[3:]] or [2048], ("spec-decoding",),
                                                 "e2e-spec")}
+    elif phase == "session":
+        result = session_handoffs(out, sys.argv[3:] or ["small", "big"])
     elif phase == "lifecycle":
         result = lifecycle(out)
     elif phase == "vocab":
