@@ -185,8 +185,10 @@ def test_kill_gpus_after_sigkilled_foreground_serve_leaves_nothing_and_spares_ot
 def test_ctrl_c_on_a_foreground_serve_stops_what_it_started(tmp_path: Path) -> None:
     err_path = tmp_path / "serve.err"
     with err_path.open("w") as err_file:
+        # Started as a shell without job control starts a background job: SIGINT ignored, inherited.
         serve = subprocess.Popen([sys.executable, "-m", "splitcli", "serve", "--only", "small"],
-                                 stdout=subprocess.DEVNULL, stderr=err_file, text=True)
+                                 stdout=subprocess.DEVNULL, stderr=err_file, text=True,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         # Ctrl-C once the foreground loop runs (a health check alone can see the server a moment earlier)
         deadline = time.monotonic() + 600

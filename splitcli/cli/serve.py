@@ -73,8 +73,11 @@ def serve(
         console.info(f"ready after {time.monotonic() - started:.1f}s; logs: `splitreason logs NAME`")
     if detach:
         return
-    console.say(("serving in the foreground; Ctrl-C stops what this command started", "dim"))
+    # Handlers first, then the promise: a shell that starts us in the background without job
+    # control leaves SIGINT ignored, and Python then installs no KeyboardInterrupt for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    console.say(("serving in the foreground; Ctrl-C stops what this command started", "dim"))
     mine = [record for record in result.records if record.name in result.started]
     try:
         while True:
