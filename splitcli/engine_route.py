@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 PATH = "/splitreason/v1/continuations"
+LIVE_PATH = "/splitreason/v1/live"
 VERSION = 1
 CONTEXT_TOKENS = 6  # prompt tokens decoded before a probe's own, so that its text reads as in context
 
@@ -41,7 +42,8 @@ class ContinuationsRoute:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope.get("type") != "http" or scope.get("path") != PATH or scope.get("method") != "POST":
+        path = scope.get("path")
+        if scope.get("type") != "http" or path not in (PATH, LIVE_PATH) or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
         body = b""
@@ -53,16 +55,26 @@ class ContinuationsRoute:
         try:
             request = json.loads(body)
             engine = scope["app"].state.engine_client
-            status, answer = 200, await continuations(engine, request)
+            if path == LIVE_PATH and request.get("op") == "append":
+                await _stream_append(engine, request, receive, send)
+                return
+            if path == LIVE_PATH and request.get("op") == "open":
+                await _open_while_connected(engine, request, receive, send)
+                return
+            status, answer = 200, await (continuations(engine, request) if path == PATH else live(engine, request))
         except (KeyError, TypeError, ValueError) as exc:
-            status, answer = 400, {"error": {"message": f"bad continuations request: {exc}", "code": 400}}
+            name = "continuations" if path == PATH else "live"
+            status, answer = 400, {"error": {"message": f"bad {name} request: {exc}", "code": 400}}
         except Exception as exc:  # the engine's own errors: reported, never a crashed route
             status, answer = 500, {"error": {"message": f"{type(exc).__name__}: {exc}", "code": 500}}
-        payload = json.dumps(answer).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await _send_json(send, status, answer)
+
+
+async def _send_json(send: Any, status: int, answer: dict[str, Any]) -> None:
+    payload = json.dumps(answer).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def may_begin(text: str, marker: str) -> bool:
@@ -243,6 +255,176 @@ async def _final(engine: Any, ids: list[int], params: Any) -> Any:
     return final
 
 
+# ---------------------------------------------------------------- live requests
+# A warm handoff that resends a 16k-token context pays vLLM's per-request costs for all of it
+# (~20 ms on an H200, cached or not); a request kept alive in the engine (vLLM's streaming input)
+# takes only the new tokens (~10 ms). `open` starts one with a context (it computes one token,
+# which vLLM drops when more input comes); `append` gives it the tokens since, streams what the
+# model writes after them and ends it; `close` ends one unused. Append is a live request's last use:
+# a segment the probe cuts short cannot be taken back out of it.
+MAX_LIVE = 8  # per server: the oldest is ended when a client leaves more open
+LIVE_IDLE_S = 120.0  # ... and any left unused this long (a client that died holds KV blocks for nothing)
+_live: dict[str, Live] = {}
+
+
+class Live:
+    def __init__(self, engine: Any, prompt: list[int]) -> None:
+        self.engine = engine
+        self.id = f"splitreason-live-{uuid.uuid4().hex}"
+        self.prompt = prompt
+        self.opened = time.monotonic()
+        self.inputs: asyncio.Queue[Any] = asyncio.Queue()
+        self.outputs: Any = None
+
+    async def chunk(self, tokens: list[int], params: Any) -> Any:
+        """Give the live request `tokens`; yields its outputs until this input's last one."""
+        from vllm.engine.protocol import StreamingInput
+
+        # A copy: vLLM extends a live request's prompt list in place with each new input.
+        await self.inputs.put(StreamingInput(prompt={"prompt_token_ids": list(tokens)}, sampling_params=params))
+        if self.outputs is None:
+            self.outputs = self.engine.generate(_until_none(self.inputs), params, self.id).__aiter__()
+        while True:
+            output = await self.outputs.__anext__()
+            yield output
+            if output.finished or output.outputs[0].finish_reason is not None:
+                return
+
+    async def end(self) -> None:
+        """Closing vLLM's generator aborts the request and its input task; one being read elsewhere
+        (an append under way) is aborted by id."""
+        _live.pop(self.id, None)
+        outputs, self.outputs = self.outputs, None
+        if outputs is None:
+            return
+        try:
+            await outputs.aclose()
+        except RuntimeError:
+            await self.engine.abort(self.id)
+
+
+async def _until_none(queue: asyncio.Queue[Any]) -> Any:
+    while (item := await queue.get()) is not None:
+        yield item
+
+
+async def live(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """{op: open, prompt} -> {id, cached_tokens}; {op: close, id} -> {closed}; {op: count} -> {open}."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    op = request["op"]
+    for stale in [each for each in _live.values() if time.monotonic() - each.opened > LIVE_IDLE_S]:
+        await stale.end()
+    if op == "count":
+        return {"open": len(_live)}
+    if op == "close":
+        handle = _live.get(str(request["id"]))
+        if handle is not None:
+            await handle.end()
+        return {"closed": handle is not None}
+    if op != "open":
+        raise ValueError(f"unknown op {op!r}")
+    prompt = [int(token) for token in request["prompt"]]
+    if not prompt:
+        raise ValueError("an empty prompt")
+    while len(_live) >= MAX_LIVE:
+        await next(iter(_live.values())).end()
+    handle = Live(engine, prompt)
+    _live[handle.id] = handle
+    # Not FINAL_ONLY: vLLM refuses that kind for streaming input.
+    params = SamplingParams(temperature=0.0, max_tokens=1, detokenize=False, output_kind=RequestOutputKind.DELTA)
+    cached = 0
+    try:
+        async for output in handle.chunk(prompt, params):
+            cached = int(output.num_cached_tokens or 0)
+    except BaseException:
+        await handle.end()
+        raise
+    return {"id": handle.id, "cached_tokens": cached}
+
+
+async def _disconnected(receive: Any) -> None:
+    """Returns when the client has closed the connection (the request's body is already read)."""
+    while (await receive()).get("type") != "http.disconnect":
+        pass
+
+
+async def _open_while_connected(engine: Any, request: dict[str, Any], receive: Any, send: Any) -> None:
+    """`open`, ended again when the client went away meanwhile (a cancelled warm-up): nobody
+    would ever append to it or close it."""
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        answer = await live(engine, request)
+        if watcher.done():
+            handle = _live.get(answer["id"])
+            if handle is not None:
+                await handle.end()
+            return
+        await _send_json(send, 200, answer)
+    finally:
+        watcher.cancel()
+
+
+async def _stream_append(engine: Any, request: dict[str, Any], receive: Any, send: Any) -> None:
+    """{op: append, id, tokens, max_tokens, temperature, top_p, seed, skip_special_tokens, ignore_eos}: one JSON
+    line per piece ({text, token_ids}), then {finish_reason, prompt_tokens, cached_tokens}. The live
+    request ends with the answer, or when the client goes away (a cancelled draft)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    handle = _live.pop(str(request["id"]), None)  # in use: neither closed nor evicted meanwhile
+    tokens = [int(token) for token in request["tokens"]]
+    if handle is None:
+        await _send_json(send, 404, {"error": {"message": "no such live request (ended, or never opened)", "code": 404}})
+        return
+    if not tokens:
+        await handle.end()
+        raise ValueError("append needs at least one new token")
+    skip_special = bool(request.get("skip_special_tokens", True))
+    seed = request.get("seed")
+    # What the OpenAI server would take from generation_config for what the client leaves unset.
+    defaults = {name: value for name, value in _model_defaults(_model_config(engine)).items()
+                if name in ("top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
+                and value is not None}
+    params = SamplingParams(max_tokens=int(request["max_tokens"]), temperature=float(request.get("temperature", 0.0)),
+                            top_p=float(request.get("top_p", 1.0)), seed=None if seed is None else int(seed),
+                            ignore_eos=bool(request.get("ignore_eos", False)), detokenize=False,
+                            output_kind=RequestOutputKind.DELTA, **defaults)
+    tokenizer = engine.get_tokenizer()
+    if inspect.isawaitable(tokenizer):
+        tokenizer = await tokenizer
+    before = (handle.prompt + tokens)[-CONTEXT_TOKENS:]  # the last tokens whose text is out
+    pending: list[int] = []  # written, text not out yet (a character may still be incomplete)
+
+    watcher = asyncio.ensure_future(_disconnected(receive))  # a cancelled draft: end the live request
+    try:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/x-ndjson")]})
+        async for output in handle.chunk(tokens, params):
+            if watcher.done():
+                break
+            piece = output.outputs[0]
+            pending += piece.token_ids
+            # Text as an incremental decoder shows it (not vLLM's: its detokenizer does not see
+            # the new input of a live request), held back while a character is incomplete.
+            done = piece.finish_reason is not None
+            text = _text_after(tokenizer, before, pending, skip_special) if pending else ""
+            if text.endswith("\ufffd") and not done:
+                text = ""
+            else:
+                before, pending = (before + pending)[-CONTEXT_TOKENS:], []
+            line = {"text": text, "token_ids": list(piece.token_ids)}
+            if done:
+                line |= {"finish_reason": piece.finish_reason, "stop_reason": piece.stop_reason,
+                         "prompt_tokens": len(handle.prompt) + len(tokens), "cached_tokens": len(handle.prompt)}
+            await send({"type": "http.response.body", "body": json.dumps(line).encode() + b"\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        watcher.cancel()
+        await handle.end()
+
+
 TAIL_KEY = "splitreason_prompt_scores_from"
 
 
@@ -290,13 +472,18 @@ def _model_config(engine: Any) -> Any:
     return getattr(engine, "model_config", None) or getattr(getattr(engine, "vllm_config", None), "model_config", None)
 
 
-def _default_penalties(config: Any) -> dict[str, float]:
-    """Penalties from the model's generation_config, which vLLM's OpenAI server applies to requests
-    that do not set them (the probes over that API get them too): the same here, for the same text."""
-    neutral = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+def _model_defaults(config: Any) -> dict[str, Any]:
+    """Sampling defaults from the model's generation_config, which vLLM's OpenAI server applies to
+    requests that do not set them."""
     try:
-        defaults = config.get_diff_sampling_param() if config is not None else {}
+        return dict(config.get_diff_sampling_param()) if config is not None else {}
     except Exception:  # a vLLM without it: none applied there either
-        defaults = {}
+        return {}
+
+
+def _default_penalties(config: Any) -> dict[str, float]:
+    """The penalties among them (the probes over the OpenAI API get them too): the same here, for the same text."""
+    neutral = {"repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
+    defaults = _model_defaults(config)
     return {name: float(defaults[name]) for name, value in neutral.items()
             if defaults.get(name) is not None and float(defaults[name]) != value}
