@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from splitcli.engine_route import LIVE_PATH
 from splitcli.engine_route import PATH as CONTINUATIONS_PATH
 from splitcli.errors import EngineError, ServerError
 from splitcli.trace import Call, Model
@@ -40,6 +41,15 @@ class Prefixed:
 
 
 Prompt = list[int] | str | Prefixed
+
+
+@dataclass(frozen=True)
+class LiveRequest:
+    """A context held alive in one server's engine (see `EngineClient.live_open`)."""
+
+    id: str
+    url: str
+    prompt: list[int]
 
 
 @dataclass
@@ -157,9 +167,10 @@ class EngineClient:
             f"is it running? {self.start_hint}"
         )
 
-    async def _send(self, path: str, body: dict[str, Any], kind: str) -> tuple[httpx.Response, Call, str]:
-        """POST to the next replica: the response, its (timed, not yet recorded) Call, and the URL."""
-        url = next(self._next_url)
+    async def _send(self, path: str, body: dict[str, Any], kind: str,
+                    url: str | None = None) -> tuple[httpx.Response, Call, str]:
+        """POST to `url` or the next replica: the response, its (timed, not yet recorded) Call, and the URL."""
+        url = url or next(self._next_url)
         call = Call(self.role, kind, self._clock(), 0.0)
         try:
             response = await self._http.post(f"{url}{path}", content=_encode(body),
@@ -203,17 +214,8 @@ class EngineClient:
         body = {"prompt": prompt, "first": first, "max_tokens": max_tokens, "marker": marker,
                 "skip_special_tokens": self.skip_special_tokens}
         response, call, url = await self._send(CONTINUATIONS_PATH, body, "probe")
-        if response.status_code in (404, 405):
-            self._info["continuations"] = False
-            return None
-        if response.status_code != 200:
-            # The route runs inside vLLM and leans on its internals: if this vLLM disagrees, say so
-            # once and probe over the OpenAI API (same answers, more time) instead of failing the run.
-            from splitcli import console
-
-            console.warn(f"the probe route of the {self.role} server at {url} failed ({_error_message(response)}); "
-                         f"probing over the OpenAI API instead")
-            self._info["continuations"] = False
+        if response.status_code != 200:  # same answers over the OpenAI API, in more time
+            self._no_route("continuations", url, response, "probe", "probing over the OpenAI API instead")
             return None
         data = response.json()
         call.prompts = 1 + int(data.get("decoded", 0))
@@ -221,6 +223,86 @@ class EngineClient:
         call.cached_tokens = int(data.get("cached_tokens", 0))
         self._record(call)
         return [str(text) for text in data["texts"]]
+
+    # -- live requests in our route (splitcli/engine_route.py): a warm context that takes only new tokens
+    async def live_open(self, prompt: list[int]) -> LiveRequest | None:
+        """Keep `prompt` alive in the engine for a later `live_stream`. None when the server has no
+        live route (one we did not start, or a vLLM without streaming input): warm up as before."""
+        if self._info.get("live") is False:
+            return None
+        response, call, url = await self._send(LIVE_PATH, {"op": "open", "prompt": prompt}, "warm")
+        if response.status_code != 200:
+            self._no_route("live", url, response, "live", "warming up over the OpenAI API instead")
+            return None
+        data = response.json()
+        call.prompts, call.prompt_tokens, call.cached_tokens = 1, len(prompt), int(data.get("cached_tokens", 0))
+        self._record(call)
+        return LiveRequest(str(data["id"]), url, list(prompt))
+
+    async def live_close(self, live: LiveRequest) -> None:
+        """End a live request that will not be used (closing one already ended is harmless)."""
+        await self._send(LIVE_PATH, {"op": "close", "id": live.id}, "warm", live.url)
+
+    async def live_count(self, url: str) -> int:
+        """How many live requests the server at `url` holds."""
+        response, _, _ = await self._send(LIVE_PATH, {"op": "count"}, "warm", url)
+        return int(response.json()["open"])
+
+    async def live_stream(self, live: LiveRequest, tokens: list[int], *, max_tokens: int, temperature: float = 0.0,
+                          top_p: float = 1.0, seed: int | None = None,
+                          on_delta: Callable[[str, list[int]], None] | None = None,
+                          result: Completion | None = None) -> Completion | None:
+        """As `stream`, for the live request's context + `tokens` (only those are sent); the live
+        request ends with it. None, with nothing generated, when the server no longer holds it."""
+        body = {"op": "append", "id": live.id, "tokens": tokens, "max_tokens": max_tokens, "temperature": temperature,
+                "top_p": top_p, "seed": seed, "skip_special_tokens": self.skip_special_tokens}
+        call = Call(self.role, "generate", self._clock(), 0.0)
+        result = result if result is not None else Completion()
+        try:
+            async with self._http.stream("POST", f"{live.url}{LIVE_PATH}", json=body) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    if response.status_code != 404:  # 404: the server ended it (it keeps a few at most)
+                        self._no_route("live", live.url, response, "live", "handing off over the OpenAI API instead")
+                    return None
+                async for line in response.aiter_lines():
+                    if not line:
+                        continue
+                    event = json.loads(line)
+                    text, ids = event.get("text", ""), list(event.get("token_ids") or [])
+                    result.text += text
+                    result.token_ids += ids
+                    result.pieces.append((text, len(ids)))
+                    if on_delta is not None and (text or ids):
+                        on_delta(text, ids)
+                    if event.get("finish_reason") is not None:
+                        result.finish_reason, result.stop_reason = event["finish_reason"], event.get("stop_reason")
+                        result.prompt_tokens, result.cached_tokens = event["prompt_tokens"], event["cached_tokens"]
+                if result.finish_reason is None:
+                    raise EngineError(f"{self.role} model at {live.url} ended a live request without finishing it")
+        except httpx.HTTPError as exc:
+            raise self._failure(live.url, exc) from None
+        except asyncio.CancelledError:
+            call.cancelled = True
+            raise
+        finally:
+            call.end = self._clock()
+            call.prompt_tokens = result.prompt_tokens or len(live.prompt) + len(tokens)
+            call.cached_tokens = result.cached_tokens or len(live.prompt)
+            call.completion_tokens = len(result.token_ids)
+            if call.cancelled or result.finish_reason is not None:
+                self._record(call)
+        return result
+
+    def _no_route(self, key: str, url: str, response: httpx.Response, route: str, instead: str) -> None:
+        """One of our routes is missing (404/405: a server we did not start) or failing (it runs inside
+        vLLM and leans on its internals): use vLLM's own API from now on; a failure is said once."""
+        self._info[key] = False
+        if response.status_code not in (404, 405):
+            from splitcli import console
+
+            console.warn(f"the {route} route of the {self.role} server at {url} failed ({_error_message(response)}); "
+                         f"{instead}")
 
     # -- completions
     def _body(self, prompt: Prompt | list[Prompt], max_tokens: int, temperature: float, top_p: float,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from splitcli.engine import Completion, EngineClient, Prefixed, Prompt
+from splitcli.engine import Completion, EngineClient, LiveRequest, Prefixed, Prompt
 from splitcli.errors import EngineError, UsageError
 from splitcli.profiles import Profile, PromptConfig, Sampling, ServerKey
 from splitcli.servers import serve_hint
@@ -137,6 +137,9 @@ async def close_clients(clients: dict[Model, EngineClient]) -> None:
     await asyncio.gather(*(client.aclose() for client in clients.values()))
 
 
+LIVE_KEPT = 2  # live warm-ups kept per model
+
+
 class Session:
     def __init__(self, profile: Profile, trace: Trace, servers: dict[Model, ServerKey], stream: bool = True,
                  clients: dict[Model, EngineClient] | None = None, sampling: Sampling | None = None) -> None:
@@ -163,6 +166,10 @@ class Session:
         self._background: set[asyncio.Task[Any]] = set()
         # Warm handoffs: while one model writes, the other gets its context so far every N tokens.
         self.warm_every = 0
+        # ... kept alive in the big model's engine, so that the handoff sends only the tokens since.
+        self.live_handoff = False
+        self._live: dict[Model, list[LiveRequest]] = {}  # the last LIVE_KEPT warm-ups, shortest first
+        self._ending: set[asyncio.Task[Any]] = set()  # live requests being ended: awaited, never cancelled
         # Probe through our route in the small server when it has one (exact, context sent once).
         self.probe_route = True
 
@@ -170,6 +177,9 @@ class Session:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        for role in list(self._live):
+            self._end_live(self._live.pop(role))
+        await asyncio.gather(*self._ending, return_exceptions=True)
         if self._own_clients:
             await close_clients(self._shared)
 
@@ -385,13 +395,23 @@ class Session:
             arrived.set()
             self.trace.emit("update", segment)
 
+        live = self._take_live(role, prompt) if stop is None else None
+
         async def generate() -> Completion:
             if max_tokens <= 0:
                 completion.finish_reason = "length"
+                self._end_live([live] if live is not None else [])
                 return completion
-            result = await self.clients[role].stream(
-                prompt, max_tokens=max_tokens, temperature=self.sampling.temperature, top_p=self.sampling.top_p,
-                seed=self.sampling.seed, stop=stop, on_delta=self._warming(role, segment, on_delta), result=completion)
+            sampling = {"max_tokens": max_tokens, "temperature": self.sampling.temperature,
+                        "top_p": self.sampling.top_p, "seed": self.sampling.seed}
+            watched = self._warming(role, segment, on_delta)
+            result = None
+            if live is not None:  # only the tokens since the warm-up cross to the engine
+                result = await self.clients[role].live_stream(live, prompt[len(live.prompt):], on_delta=watched,
+                                                              result=completion, **sampling)
+            if result is None:
+                result = await self.clients[role].stream(prompt, stop=stop, on_delta=watched, result=completion,
+                                                         **sampling)
             if not segment.prompt_tokens:
                 segment.prompt_tokens, segment.cached_tokens = result.prompt_tokens, result.cached_tokens
             arrived.set()
@@ -427,7 +447,54 @@ class Session:
             prompt = context.ids + new_ids
             if context.max_model_len and len(prompt) >= context.max_model_len - 1:
                 return
+            if self.live_handoff and role == "big":
+                opening = asyncio.ensure_future(self.clients[role].live_open(prompt))
+                try:
+                    live = await asyncio.shield(opening)
+                except asyncio.CancelledError:  # the session ends: end what the open brings, once it does
+                    self._end_opening(opening)
+                    raise
+                if live is not None:
+                    # More than the last: a warm-up can end inside a tag the big model will not see
+                    # (then it is no prefix of the handoff's context), and they may finish out of order.
+                    kept = sorted([*self._live.get(role, []), live], key=lambda each: len(each.prompt))
+                    self._live[role] = kept[-LIVE_KEPT:]
+                    self._end_live(kept[:-LIVE_KEPT])
+                    return
             await self.clients[role].complete([prompt], max_tokens=1, temperature=0.0, kind="warm", token_ids=False)
+
+    def _take_live(self, role: Model, prompt: list[int]) -> LiveRequest | None:
+        """The live warm-up with the longest context that `prompt` extends; the others are ended."""
+        lives = self._live.pop(role, [])
+        if not lives:
+            return None
+        fits = [live for live in lives if len(live.prompt) < len(prompt) and prompt[:len(live.prompt)] == live.prompt]
+        chosen = fits[-1] if fits else None
+        self._end_live([live for live in lives if live is not chosen])
+        return chosen
+
+    def _end_opening(self, opening: asyncio.Future[LiveRequest | None]) -> None:
+        async def end() -> None:
+            with contextlib.suppress(EngineError):
+                live = await opening
+                if live is not None:
+                    await self.clients["big"].live_close(live)
+
+        task = asyncio.ensure_future(end())
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    def _end_live(self, lives: list[LiveRequest]) -> None:
+        """End live requests alongside; the session's end waits for these (a cancelled one would
+        leave the request alive on the server until it makes room for others)."""
+        async def end(live: LiveRequest) -> None:
+            with contextlib.suppress(EngineError):
+                await self.clients["big"].live_close(live)
+
+        for live in lives:
+            task = asyncio.ensure_future(end(live))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
 
     async def _ids_of(self, role: Model, text: str) -> list[int]:
         """The role's tokens of a short fixed string (tags, stop strings), asked once."""

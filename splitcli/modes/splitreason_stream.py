@@ -4,7 +4,8 @@ prefix after which it would close the tag cancels the big request (vLLM aborts i
 segment there. Probes are read in order of prefix, so the cut is the same as `splitreason`'s
 (the Session's CutFinder) whichever request answers first. Warm handoffs: while the small model
 writes, the big one gets its context every `warm_every` tokens, so at the handoff its prefix is
-already cached; while the big model writes, the probes keep the small one warm.
+already cached (with `live_handoff`, the last warm-up stays alive in the engine and the handoff
+sends only the tokens since); while the big model writes, the probes keep the small one warm.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class StreamOptions(ProbeOptions):
                                                        "meanwhile join the next one (at long context a request "
                                                        "costs about the same for 8 prefixes or 64)")
     warm_every: int = Field(128, ge=0, description="tokens between warm-ups of the idle model (0: none)")
+    live_handoff: bool = Field(False, description="keep the big model's warm-up alive in its engine, so that the "
+                                                  "handoff sends only the tokens since (our servers, vLLM >= 0.24)")
 
 
 @register
@@ -40,6 +43,7 @@ class SplitReasonStream(Mode):
 
     async def run(self, session: Session, trace: Trace) -> None:
         session.warm_every = self.options.warm_every
+        session.live_handoff = self.options.live_handoff
         session.probe_route = self.options.probe_route
         while True:
             _, result = await session.write("small", session.room(), stop=[session.tags.open_tag])
