@@ -243,6 +243,11 @@ async def handoffs() -> dict[str, Any]:
                 rows.append({"context": length, "to": receiver, "new_tokens": segment,
                              "cold_s": round(cold_first, 4), "cold_uncached": cold.prompt_tokens - cold.cached_tokens,
                              "warm_s": round(warm_first, 4), "warm_uncached": warm.prompt_tokens - warm.cached_tokens})
+                if receiver == "big":  # live_handoff: the warm-up kept alive, the last 8 tokens appended
+                    base3, new3 = _context(length, 7 * length), _context(segment, 7 * length + 1)
+                    live = await clients[receiver].live_open(base3 + new3[:-8])
+                    assert live is not None, "the big server has no live route"
+                    rows[-1]["live_s"] = round(await _first_live_token(clients[receiver], live, new3[-8:]), 4)
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         for client in clients.values():
@@ -257,7 +262,15 @@ async def _first_token(client: Any, prompt: list[int]) -> tuple[float, Any]:
     return first[0] - started, result
 
 
-def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitreason-stream", "bench-splitreason",
+async def _first_live_token(client: Any, live: Any, tokens: list[int]) -> float:
+    started = time.perf_counter()
+    first: list[float] = []
+    await client.live_stream(live, tokens, max_tokens=2, on_delta=lambda t, i: first.append(time.perf_counter()))
+    return first[0] - started
+
+
+def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitreason-stream", "bench-splitreason-stream-live",
+                                                                  "bench-splitreason",
                                                                   "big-only", "random-switch", "small-only"),
         name: str = "e2e") -> dict[str, Any]:
     """Forced ~5%-offload traces in each mode on the same servers, next to the ideal time. Rows are
@@ -288,7 +301,10 @@ def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitrea
 
     register(type("ForcedSplitReason", (forcing(SplitReason),), {"name": "bench-splitreason"}))
     register(type("ForcedStream", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream"}))
+    register(type("ForcedStreamLive", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream-live"}))
     knobs = ["modes.bench-splitreason.big_segment_cap=51", "modes.bench-splitreason-stream.big_segment_cap=51",
+             "modes.bench-splitreason-stream-live.big_segment_cap=51",
+             "modes.bench-splitreason-stream-live.live_handoff=true",
              "modes.random-switch.ratio=19", "modes.random-switch.chunk=32", "modes.random-switch.seed=0"]
     rates = json.loads((out / "decode.json").read_text()) if (out / "decode.json").exists() else None
     results = []
