@@ -64,6 +64,14 @@ class Completion:
     # Text of each streamed delta with its token count, to cut a completion at a token boundary.
     pieces: list[tuple[str, int]] = field(default_factory=list)
 
+    def add(self, text: str, ids: list[int], on_delta: Callable[[str, list[int]], None] | None) -> None:
+        """One streamed piece: appended, and shown to `on_delta` when it holds anything."""
+        self.text += text
+        self.token_ids += ids
+        self.pieces.append((text, len(ids)))
+        if on_delta is not None and (text or ids):
+            on_delta(text, ids)
+
     @property
     def ended_with_eos(self) -> bool:
         """The model ended its text. vLLM says finish_reason 'stop' with no stop_reason for the
@@ -269,12 +277,7 @@ class EngineClient:
                     if not line:
                         continue
                     event = json.loads(line)
-                    text, ids = event.get("text", ""), list(event.get("token_ids") or [])
-                    result.text += text
-                    result.token_ids += ids
-                    result.pieces.append((text, len(ids)))
-                    if on_delta is not None and (text or ids):
-                        on_delta(text, ids)
+                    result.add(event.get("text", ""), list(event.get("token_ids") or []), on_delta)
                     if event.get("finish_reason") is not None:
                         result.finish_reason, result.stop_reason = event["finish_reason"], event.get("stop_reason")
                         result.prompt_tokens, result.cached_tokens = event["prompt_tokens"], event["cached_tokens"]
@@ -377,15 +380,10 @@ class EngineClient:
                     if "error" in event:
                         raise EngineError(f"{self.role} model at {url} failed mid-request: {event['error']}")
                     for choice in event.get("choices", []):
-                        text, ids = choice.get("text", ""), list(choice.get("token_ids") or [])
-                        result.text += text
-                        result.token_ids += ids
-                        result.pieces.append((text, len(ids)))
                         if choice.get("finish_reason") is not None:
                             result.finish_reason = choice["finish_reason"]
                             result.stop_reason = choice.get("stop_reason")
-                        if on_delta is not None and (text or ids):
-                            on_delta(text, ids)
+                        result.add(choice.get("text", ""), list(choice.get("token_ids") or []), on_delta)
                     usage = event.get("usage")
                     if usage:
                         result.prompt_tokens = usage.get("prompt_tokens", 0)
