@@ -475,26 +475,26 @@ class Session:
 
     def _end_opening(self, opening: asyncio.Future[LiveRequest | None]) -> None:
         async def end() -> None:
-            with contextlib.suppress(EngineError):
-                live = await opening
-                if live is not None:
-                    await self.clients["big"].live_close(live)
-
-        task = asyncio.ensure_future(end())
-        self._ending.add(task)
-        task.add_done_callback(self._ending.discard)
-
-    def _end_live(self, lives: list[LiveRequest]) -> None:
-        """End live requests alongside; the session's end waits for these (a cancelled one would
-        leave the request alive on the server until it makes room for others)."""
-        async def end(live: LiveRequest) -> None:
-            with contextlib.suppress(EngineError):
+            live = await opening
+            if live is not None:
                 await self.clients["big"].live_close(live)
 
+        self._before_the_end(end())
+
+    def _end_live(self, lives: list[LiveRequest]) -> None:
         for live in lives:
-            task = asyncio.ensure_future(end(live))
-            self._ending.add(task)
-            task.add_done_callback(self._ending.discard)
+            self._before_the_end(self.clients["big"].live_close(live))
+
+    def _before_the_end(self, closing: Coroutine[Any, Any, Any]) -> None:
+        """Ending live requests runs alongside, and the session's end waits for it (a cancelled close
+        would leave the request alive on the server until it makes room for others)."""
+        async def quietly() -> None:
+            with contextlib.suppress(EngineError):
+                await closing
+
+        task = asyncio.ensure_future(quietly())
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
 
     async def _ids_of(self, role: Model, text: str) -> list[int]:
         """The role's tokens of a short fixed string (tags, stop strings), asked once."""
