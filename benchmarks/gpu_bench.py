@@ -41,6 +41,7 @@ SHAPES = {  # hidden, layers, heads, kv heads, intermediate, vocab (None: the to
 }
 CONTEXTS = (1024, 4096, 8192, 16384)
 CHUNK = 64
+APPENDED = (1, 8, CHUNK)  # session: tokens appended to a live request
 FORCED_EVERY = 972  # e2e: small tokens between forced tags; big segments of 51 tokens: ~5% offload
 HERE = Path(__file__).resolve().parent
 
@@ -226,28 +227,35 @@ async def decode_rates() -> dict[str, Any]:
 
 
 async def handoffs() -> dict[str, Any]:
-    """Time from the handoff to the receiving model's first token, and its uncached prompt tokens:
-    cold (the last segment is new to it) and warm (it got the context up to 8 tokens before)."""
+    """Time from the handoff to the receiving model's first token, and its uncached prompt tokens,
+    each the median of 3 (fresh contexts each time): cold (the last segment is new to it), warm (it
+    got the context up to 8 tokens before, as `warm_every` sends it) and live (that warm-up kept
+    alive in its engine, `live_handoff`: only the last 8 tokens are sent)."""
     clients = _clients(SERVERS)
     rows = []
     try:
         for length in CONTEXTS:
             for receiver, segment in (("small", 64), ("big", 256)):
-                base = _context(length, 3 * length)
-                new = _context(segment, 3 * length + 1)
-                await clients[receiver].complete([base], max_tokens=1)
-                cold_first, cold = await _first_token(clients[receiver], base + new)
-                base2, new2 = _context(length, 5 * length), _context(segment, 5 * length + 1)
-                await clients[receiver].complete([base2 + new2[:-8]], max_tokens=1)  # the warm-up, as warm_every sends it
-                warm_first, warm = await _first_token(clients[receiver], base2 + new2)
+                client = clients[receiver]
+                cold, warm, live = [], [], []
+                for repeat in range(3):
+                    seed = 100 * length + 10 * repeat
+                    base, new = _context(length, seed), _context(segment, seed + 1)
+                    await client.complete([base], max_tokens=1)
+                    cold.append(await _first_token(client, base + new))
+                    base, new = _context(length, seed + 2), _context(segment, seed + 3)
+                    await client.complete([base + new[:-8]], max_tokens=1)
+                    warm.append(await _first_token(client, base + new))
+                    base, new = _context(length, seed + 4), _context(segment, seed + 5)
+                    opened = await client.live_open(base + new[:-8])
+                    assert opened is not None, f"the {receiver} server has no live route"
+                    live.append(await _first_live_token(client, opened, new[-8:]))
                 rows.append({"context": length, "to": receiver, "new_tokens": segment,
-                             "cold_s": round(cold_first, 4), "cold_uncached": cold.prompt_tokens - cold.cached_tokens,
-                             "warm_s": round(warm_first, 4), "warm_uncached": warm.prompt_tokens - warm.cached_tokens})
-                if receiver == "big":  # live_handoff: the warm-up kept alive, the last 8 tokens appended
-                    base3, new3 = _context(length, 7 * length), _context(segment, 7 * length + 1)
-                    live = await clients[receiver].live_open(base3 + new3[:-8])
-                    assert live is not None, "the big server has no live route"
-                    rows[-1]["live_s"] = round(await _first_live_token(clients[receiver], live, new3[-8:]), 4)
+                             "cold_s": round(statistics.median(t for t, _ in cold), 4),
+                             "cold_uncached": cold[0][1].prompt_tokens - cold[0][1].cached_tokens,
+                             "warm_s": round(statistics.median(t for t, _ in warm), 4),
+                             "warm_uncached": warm[0][1].prompt_tokens - warm[0][1].cached_tokens,
+                             "live_s": round(statistics.median(live), 4), "live_uncached": 8})
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         for client in clients.values():
@@ -355,7 +363,8 @@ def session_handoffs(out: Path, roles: list[str]) -> dict[str, Any]:
     (`AsyncLLM.generate` given an async generator of `StreamingInput`) keep one request alive and
     take only the new tokens. In-process engines, one model at a time, no HTTP: the floor either
     way. Per context: a decode step, time to the first token of a new request that brings 64 new
-    tokens after the cached context, and of the same 64 tokens appended to a live request."""
+    tokens after the cached context, and of 1, 8 or 64 tokens appended to a live request (one new
+    token can run as a decode step, with its CUDA graph)."""
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.engine.protocol import StreamingInput
@@ -388,9 +397,10 @@ def session_handoffs(out: Path, roles: list[str]) -> dict[str, Any]:
                 inputs: asyncio.Queue[Any] = asyncio.Queue()
 
                 live = engine.generate(_drain(inputs), params(2), os.urandom(8).hex()).__aiter__()
-                appended = []
-                for index in range(4):  # the context first, then three handoffs of 64 new tokens
-                    prompt = base if index == 0 else _context(CHUNK, 20 + index)
+                appended: dict[int, list[float]] = {size: [] for size in APPENDED}
+                # the context first, then three handoffs of each size (a one-token input can run as a decode step)
+                for index, size in enumerate([0] + [size for size in APPENDED for _ in range(3)]):
+                    prompt = base if not size else _context(size, 20 + index)
                     started = time.perf_counter()
                     await inputs.put(StreamingInput(prompt=TokensPrompt(prompt_token_ids=prompt), sampling_params=params(2)))
                     got, seen = 0, 0.0
@@ -399,13 +409,15 @@ def session_handoffs(out: Path, roles: list[str]) -> dict[str, Any]:
                         if not seen and output.outputs[0].token_ids:
                             seen = time.perf_counter() - started
                         got += len(output.outputs[0].token_ids)
-                    appended.append(seen)
+                    if size:
+                        appended[size].append(round(seen, 4))
                 await inputs.put(None)
                 async for _ in live:  # let the live request end before the next context
                     pass
                 rows.append({"model": Path(model).name, "context": length,
                              "decode_step_s": round((total - first) / (count - 1), 5), "new_request_s": round(new, 4),
-                             "live_request_append_s": [round(t, 4) for t in appended[1:]]})
+                             "live_request_append_s": appended[CHUNK],
+                             "live_append_by_tokens_s": {str(size): appended[size] for size in APPENDED}})
                 print(json.dumps(rows[-1]), flush=True)
                 for sink in sinks:  # as they come: a call cut short keeps them
                     with sink.open("a") as rows_file:
