@@ -139,10 +139,16 @@ def test_the_bytes_of_byte_level_tokens_are_read_back() -> None:
 def test_penalties_from_generation_config_are_applied_as_the_openai_server_applies_them() -> None:
     # With a penalty the greedy token is not the top prompt log-prob: every prefix is then decoded.
     class Config:
+        reads = 0
+
         def get_diff_sampling_param(self) -> dict[str, float]:
+            self.reads += 1
             return {"temperature": 0.6, "top_p": 0.95, "repetition_penalty": 1.05, "presence_penalty": 0.0}
 
-    assert _default_penalties(Config()) == {"repetition_penalty": 1.05}
+    config = Config()
+    assert _default_penalties(config) == {"repetition_penalty": 1.05}
+    assert _default_penalties(config) == {"repetition_penalty": 1.05}
+    assert config.reads == 1  # vLLM reads generation_config.json on each call: once per server is enough
     assert _default_penalties(None) == {}
 
 
