@@ -6,7 +6,7 @@ of the R1-Distill-Qwen 1.5B and 7B shapes with the demo tokenizer, CUDA graphs o
     python benchmarks/gpu_bench.py WORK decode    # single-stream decode rates
     python benchmarks/gpu_bench.py WORK probe     # probe cost per big chunk at 1k..16k: before and after
     python benchmarks/gpu_bench.py WORK handoff   # time to the other model's first token, cold and warm
-    python benchmarks/gpu_bench.py WORK e2e [4096 16384]   # forced ~5%-offload traces in five modes vs ideal
+    python benchmarks/gpu_bench.py WORK e2e [4096 16384] [MODE,...]  # forced ~5%-offload traces in six modes vs ideal
     python benchmarks/gpu_bench.py WORK e2e-spec [2048]    # spec-decoding (starts its server; slow: see below)
     python benchmarks/gpu_bench.py WORK session [small big]  # handoff to a live request (vLLM streaming input) vs a new one
     python benchmarks/gpu_bench.py WORK lifecycle # a foreign process, kill-gpus, stop
@@ -327,6 +327,7 @@ def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitrea
                    "big_generate_s": stats["generate_seconds"]["big"], "probe_s": round(probe_s, 3),
                    "tokens": stats["tokens"], "spent": stats["spent_tokens"], "offload": stats["offload_share"],
                    "handoffs": stats["handoffs"], "mean_handoff_latency_s": stats["mean_handoff_latency_s"],
+                   "handoffs_to": _handoffs_by_receiver(stats["handoff_costs"]),
                    "requests": stats["requests"], "speculative": trace.extra.get("speculative")}
             if rates:
                 row["ideal_s"] = round(stats["tokens"]["small"] / rates["small"]["tokens_per_s"]
@@ -338,6 +339,17 @@ def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitrea
                 with sink.open("a") as rows_file:
                     rows_file.write(json.dumps(row) + "\n")
     return {"every": every, "cap": 51, "rows": same_run_ideal(results)}
+
+
+def _handoffs_by_receiver(costs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per receiving model: how many handoffs, their median latency and uncached prompt tokens."""
+    by: dict[str, Any] = {}
+    for model in ("small", "big"):
+        mine = [cost for cost in costs if cost["to"] == model and cost["latency_s"] is not None]
+        if mine:
+            by[model] = {"count": len(mine), "median_latency_s": round(statistics.median(c["latency_s"] for c in mine), 4),
+                         "median_uncached": statistics.median(c["uncached_prompt_tokens"] for c in mine)}
+    return by
 
 
 def same_run_ideal(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -503,8 +515,10 @@ def main() -> None:
         result = asyncio.run(decode_rates())
     elif phase == "handoff":
         result = asyncio.run(handoffs())
-    elif phase == "e2e":
-        result = e2e(out, [int(arg) for arg in sys.argv[3:]] or [4096, 16384])
+    elif phase == "e2e":  # e2e [LENGTH...] [MODE,MODE,...]: some modes only (the ideal needs small-only and big-only)
+        lengths = [int(arg) for arg in sys.argv[3:] if arg.isdigit()] or [4096, 16384]
+        chosen = [arg for arg in sys.argv[3:] if not arg.isdigit()]
+        result = e2e(out, lengths, *([tuple(chosen[0].split(","))] if chosen else []))
     elif phase == "e2e-spec":
         started = cli("serve", "--profile", str(out / "gpu-pair.yaml"), "--only", "spec", "--detach")
         result = {"serve_spec": started, **e2e(out, [int(arg) for arg in sys.argv[3:]] or [2048], ("spec-decoding",),
@@ -518,7 +532,7 @@ def main() -> None:
     else:
         raise SystemExit(f"unknown phase {phase}")
     text = json.dumps({**header, **result}, indent=2) + "\n"
-    name = "-".join([phase, *sys.argv[3:]])  # e2e-4096.json, e2e-16384.json
+    name = "-".join([phase, *(arg for arg in sys.argv[3:] if "," not in arg)])  # e2e-4096.json, e2e-16384.json
     (out / f"{name}.json").write_text(text)
     if os.environ.get("OUT"):
         (Path(os.environ["OUT"]) / f"{name}.json").write_text(text)
