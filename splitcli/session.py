@@ -722,7 +722,9 @@ async def run_question(profile: Profile, question: str, mode_name: str, *, strea
     trace.start_clock()
     try:
         await session.prepare(mode_class.uses_hint)
-        await mode_class(options).run(session, trace)
+        mode = mode_class(options)
+        mode.configure(session)
+        await mode.run(session, trace)
         trace.finish()
     except EngineError as exc:
         # A server down or dying mid-run: keep what was generated, with the reason.

@@ -139,8 +139,7 @@ def test_a_live_handoff_sends_the_big_model_only_the_tokens_since_its_warm_up() 
     class WarmThenHand(SplitReasonStream):
         name = "test-live-handoff"
 
-        async def run(self, session: Session, trace: Trace) -> None:
-            session.warm_every, session.live_handoff = 4, True
+        async def run(self, session: Session, trace: Trace) -> None:  # its own loop, the mode's knobs
             await session.write("small", session.room(), stop=[session.tags.open_tag])
             await asyncio.gather(*session._background)  # the warm-ups are in: the last ones are alive
             context = await session.context("big")
@@ -152,7 +151,8 @@ def test_a_live_handoff_sends_the_big_model_only_the_tokens_since_its_warm_up() 
             await asyncio.gather(*session._background)  # the unused warm-up is ended alongside
             seen["left"] = await session.clients["big"].live_count(BIG)
 
-    trace = asyncio.run(run_question(load_profile("demo"), DEMO_QUESTION, "test-live-handoff"))
+    knobs = ["modes.test-live-handoff.warm_every=4", "modes.test-live-handoff.live_handoff=true"]
+    trace = asyncio.run(run_question(load_profile("demo", knobs), DEMO_QUESTION, "test-live-handoff"))
     assert trace.error is None, trace.error
     live = seen["live"]
     assert live is not None and seen["held"] == LIVE_KEPT and seen["left"] == 0

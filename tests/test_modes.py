@@ -102,6 +102,25 @@ def test_warm_handoffs_send_the_idle_model_its_context_while_the_other_writes() 
     assert _segments(warm) == _segments(cold)  # warming changes the timing, never the text
 
 
+def test_a_mode_built_on_another_with_its_own_loop_keeps_the_knobs_the_session_applies() -> None:
+    # The GPU benchmark's forced-tag modes are such subclasses: without this their warm-ups were off.
+    from splitcli.modes.splitreason_stream import SplitReasonStream
+
+    seen: dict[str, Any] = {}
+
+    @register
+    class OwnLoop(SplitReasonStream):
+        name = "test-own-loop"
+
+        async def run(self, session: Session, trace: Trace) -> None:
+            seen.update(warm_every=session.warm_every, live_handoff=session.live_handoff, route=session.probe_route)
+
+    knobs = ["modes.test-own-loop.warm_every=7", "modes.test-own-loop.live_handoff=true",
+             "modes.test-own-loop.probe_route=false"]
+    asyncio.run(run_question(load_profile("demo", knobs), DEMO_QUESTION, "test-own-loop"))
+    assert seen == {"warm_every": 7, "live_handoff": True, "route": False}
+
+
 def test_cancelling_a_stream_aborts_the_request_on_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
     # The demo big model ends its answer after ~53 tokens even at temperature 2, which on a fast

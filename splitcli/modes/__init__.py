@@ -69,6 +69,11 @@ class Mode(ABC):
     def __init__(self, options: ModeOptions) -> None:
         self.options = options
 
+    def configure(self, session: Session) -> None:
+        """Hand the knobs that the Session applies (warm-ups, probe route...) to it; called before
+        `run`, apart from it so that a mode built on another (a subclass with its own loop) keeps them."""
+        del session  # most modes leave the Session's defaults
+
     @abstractmethod
     async def run(self, session: Session, trace: Trace) -> None:
         """Generate the answer into `trace` (segments are appended as they are produced)."""

@@ -31,8 +31,10 @@ class SplitReason(Mode):
     provisional = ("big",)  # a probe may still cut the big model's draft
     options: SplitReasonOptions
 
-    async def run(self, session: Session, trace: Trace) -> None:
+    def configure(self, session: Session) -> None:
         session.probe_route = self.options.probe_route
+
+    async def run(self, session: Session, trace: Trace) -> None:
         while True:  # the small model always writes after a big segment, if only the closing tag
             _, result = await session.write("small", session.room(), stop=[session.tags.open_tag])
             if not (result.stopped_on_string and result.stop_reason == session.tags.open_tag):

@@ -41,10 +41,12 @@ class SplitReasonStream(Mode):
     provisional = ("big",)  # a probe may still cut the big model's draft
     options: StreamOptions
 
-    async def run(self, session: Session, trace: Trace) -> None:
+    def configure(self, session: Session) -> None:
         session.warm_every = self.options.warm_every
         session.live_handoff = self.options.live_handoff
         session.probe_route = self.options.probe_route
+
+    async def run(self, session: Session, trace: Trace) -> None:
         while True:
             _, result = await session.write("small", session.room(), stop=[session.tags.open_tag])
             if not (result.stopped_on_string and result.stop_reason == session.tags.open_tag):
