@@ -6,7 +6,7 @@ of the R1-Distill-Qwen 1.5B and 7B shapes with the demo tokenizer, CUDA graphs o
     python benchmarks/gpu_bench.py WORK decode    # single-stream decode rates
     python benchmarks/gpu_bench.py WORK probe     # probe cost per big chunk at 1k..16k: before and after
     python benchmarks/gpu_bench.py WORK handoff   # time to the other model's first token, cold and warm
-    python benchmarks/gpu_bench.py WORK e2e [4096 16384] [MODE,...]  # forced ~5%-offload traces in six modes vs ideal
+    python benchmarks/gpu_bench.py WORK e2e [4096 16384] [MODE,...]  # forced ~5%-offload traces, seven rows, vs ideal
     python benchmarks/gpu_bench.py WORK e2e-spec [2048]    # spec-decoding (starts its server; slow: see below)
     python benchmarks/gpu_bench.py WORK session [small big]  # handoff to a live request (vLLM streaming input) vs a new one
     python benchmarks/gpu_bench.py WORK lifecycle # a foreign process, kill-gpus, stop
@@ -278,7 +278,7 @@ async def _first_live_token(client: Any, live: Any, tokens: list[int]) -> float:
 
 
 def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitreason-stream", "bench-splitreason-stream-live",
-                                                                  "bench-splitreason",
+                                                                  "bench-splitreason-stream-cold", "bench-splitreason",
                                                                   "big-only", "random-switch", "small-only"),
         name: str = "e2e") -> dict[str, Any]:
     """Forced ~5%-offload traces in each mode on the same servers, next to the ideal time. Rows are
@@ -310,9 +310,12 @@ def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitrea
     register(type("ForcedSplitReason", (forcing(SplitReason),), {"name": "bench-splitreason"}))
     register(type("ForcedStream", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream"}))
     register(type("ForcedStreamLive", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream-live"}))
+    register(type("ForcedStreamCold", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream-cold"}))
     knobs = ["modes.bench-splitreason.big_segment_cap=51", "modes.bench-splitreason-stream.big_segment_cap=51",
              "modes.bench-splitreason-stream-live.big_segment_cap=51",
              "modes.bench-splitreason-stream-live.live_handoff=true",
+             "modes.bench-splitreason-stream-cold.big_segment_cap=51",
+             "modes.bench-splitreason-stream-cold.warm_every=0",  # what the stream rows measured before configure()
              "modes.random-switch.ratio=19", "modes.random-switch.chunk=32", "modes.random-switch.seed=0"]
     rates = json.loads((out / "decode.json").read_text()) if (out / "decode.json").exists() else None
     results = []
