@@ -472,24 +472,22 @@ def _model_config(engine: Any) -> Any:
     return getattr(engine, "model_config", None) or getattr(getattr(engine, "vllm_config", None), "model_config", None)
 
 
-_defaults_of: dict[int, tuple[Any, dict[str, Any]]] = {}  # id(config) -> (config, defaults), config kept alive
+_read_defaults: list[tuple[Any, dict[str, Any]]] = []  # (the server's model config, its defaults)
 
 
 def _model_defaults(config: Any) -> dict[str, Any]:
     """Sampling defaults from the model's generation_config, which vLLM's OpenAI server applies to
-    requests that do not set them. Read once per config: vLLM reads the file again on every call,
+    requests that do not set them. Read once per server: vLLM reads the file again on every call,
     and this is on the path of every probe and every live handoff."""
     if config is None:
         return {}
-    known = _defaults_of.get(id(config))
-    if known is not None and known[0] is config:
-        return dict(known[1])
-    try:
-        defaults = dict(config.get_diff_sampling_param())
-    except Exception:  # a vLLM without it: none applied there either
-        defaults = {}
-    _defaults_of[id(config)] = (config, defaults)
-    return dict(defaults)
+    if not _read_defaults or _read_defaults[0][0] is not config:
+        try:
+            defaults = dict(config.get_diff_sampling_param())
+        except Exception:  # a vLLM without it: none applied there either
+            defaults = {}
+        _read_defaults[:] = [(config, defaults)]
+    return dict(_read_defaults[0][1])
 
 
 def _default_penalties(config: Any) -> dict[str, float]:
