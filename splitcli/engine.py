@@ -6,12 +6,13 @@ Requests are spread round-robin over a model's replicas. Every request is record
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
 import json
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -266,7 +267,7 @@ class EngineClient:
                 "top_p": top_p, "seed": seed, "skip_special_tokens": self.skip_special_tokens}
         call = Call(self.role, "generate", self._clock(), 0.0)
         result = result if result is not None else Completion()
-        try:
+        with self._streamed(live.url, call, result, len(live.prompt) + len(tokens), len(live.prompt)):
             async with self._http.stream("POST", f"{live.url}{LIVE_PATH}", json=body) as response:
                 if response.status_code != 200:
                     await response.aread()
@@ -283,19 +284,28 @@ class EngineClient:
                         result.prompt_tokens, result.cached_tokens = event["prompt_tokens"], event["cached_tokens"]
                 if result.finish_reason is None:
                     raise EngineError(f"{self.role} model at {live.url} ended a live request without finishing it")
+        return result
+
+    @contextlib.contextmanager
+    def _streamed(self, url: str, call: Call, result: Completion, prompt_tokens: int = 0,
+                  cached_tokens: int = 0) -> Iterator[None]:
+        """Around one streamed generation: transport errors become one EngineError line, a cancelled
+        task marks its call cancelled, and the call is recorded once it finished or was cancelled,
+        with what arrived (the token counts given here where the server sent none)."""
+        try:
+            yield
         except httpx.HTTPError as exc:
-            raise self._failure(live.url, exc) from None
+            raise self._failure(url, exc) from None
         except asyncio.CancelledError:
             call.cancelled = True
             raise
         finally:
             call.end = self._clock()
-            call.prompt_tokens = result.prompt_tokens or len(live.prompt) + len(tokens)
-            call.cached_tokens = result.cached_tokens or len(live.prompt)
-            call.completion_tokens = len(result.token_ids)
+            call.prompt_tokens = result.prompt_tokens or prompt_tokens
+            call.cached_tokens = result.cached_tokens or cached_tokens
+            call.completion_tokens = call.completion_tokens or len(result.token_ids)
             if call.cancelled or result.finish_reason is not None:
                 self._record(call)
-        return result
 
     def _no_route(self, key: str, url: str, response: httpx.Response, route: str, instead: str) -> None:
         """One of our routes is missing (404/405: a server we did not start) or failing (it runs inside
@@ -368,7 +378,7 @@ class EngineClient:
         url = next(self._next_url)
         call = Call(self.role, "generate", self._clock(), 0.0)
         result = result if result is not None else Completion()
-        try:
+        with self._streamed(url, call, result):
             async with self._http.stream("POST", f"{url}/v1/completions", json=body) as response:
                 if response.status_code != 200:
                     await response.aread()
@@ -389,17 +399,6 @@ class EngineClient:
                         result.prompt_tokens = usage.get("prompt_tokens", 0)
                         result.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
                         call.completion_tokens = usage.get("completion_tokens", 0)
-        except httpx.HTTPError as exc:
-            raise self._failure(url, exc) from None
-        except asyncio.CancelledError:
-            call.cancelled = True
-            call.completion_tokens = len(result.token_ids)
-            raise
-        finally:
-            call.end = self._clock()
-            call.prompt_tokens, call.cached_tokens = result.prompt_tokens, result.cached_tokens
-            if call.cancelled or result.finish_reason is not None:
-                self._record(call)
         return result
 
 
