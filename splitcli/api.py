@@ -524,7 +524,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call would drown the log
     app = create_app(profile, args.max_in_flight, args.max_queue, key, args.log_prompts)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=args.log_prompts)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=args.log_prompts,
+                timeout_keep_alive=servers.SERVER_KEEPALIVE_S)
 
 
 if __name__ == "__main__":

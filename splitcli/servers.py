@@ -299,8 +299,15 @@ def speculative_config(spec: ModelSpec) -> dict[str, object]:
     return {**config, **spec.speculative.config}
 
 
+# Seconds a server keeps an idle connection open. Clients built on httpx (ours, the openai client)
+# reuse one for up to 5 s, the same as vLLM's and uvicorn's default: a request sent just as the server
+# closes it dies with a connection reset. Outliving the clients removes that race.
+SERVER_KEEPALIVE_S = 30
+
+
 def build_env(spec: ModelSpec, marker: str) -> dict[str, str]:
     env = dict(os.environ)
+    env.setdefault("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", str(SERVER_KEEPALIVE_S))
     env.update(spec.env)
     if spec.gpus:
         # PCI order makes CUDA's indices the ones nvidia-smi and NVML show.

@@ -51,6 +51,24 @@ def test_models_list_one_id_per_mode(api: str) -> None:
             "splitreason/spec-decoding"} <= set(ids)
 
 
+def test_the_api_and_the_model_servers_keep_a_connection_a_client_may_still_reuse(api: str) -> None:
+    """httpx clients (the openai client among them) reuse an idle connection for up to 5 s; a server
+    closing it at 5 s too resets requests sent in that instant (seen in CI as a ReadError)."""
+    import psutil
+
+    def ports() -> dict[int, int]:
+        return {c.raddr.port: c.laddr.port for c in psutil.Process().net_connections("tcp")
+                if c.raddr and c.raddr.port in (8100, 8101) and c.status == psutil.CONN_ESTABLISHED}
+
+    urls = (f"{API}/v1/models", "http://127.0.0.1:8101/v1/models")
+    with httpx.Client(trust_env=False, limits=httpx.Limits(keepalive_expiry=60)) as client:
+        assert [client.get(url).status_code for url in urls] == [200, 200]
+        seen = ports()
+        time.sleep(6)
+        assert [client.get(url).status_code for url in urls] == [200, 200]
+        assert ports() == seen and len(seen) == 2  # the same two connections: neither server closed its end
+
+
 def test_chat_with_the_official_client_streamed_and_not(api: str) -> None:
     client = _client()
     reply = client.chat.completions.create(model="splitreason", messages=[{"role": "user", "content": DEMO_QUESTION}])
