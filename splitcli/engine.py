@@ -24,6 +24,11 @@ from splitcli.engine_route import PATH as CONTINUATIONS_PATH
 from splitcli.errors import EngineError, ServerError
 from splitcli.trace import Call, Model
 
+# A vLLM server we did not start closes a connection idle for 5 s (its default keep-alive); httpx
+# would reuse one for 5 s too. A request sent on a connection the server is closing at that moment
+# dies with a reset (ReadError), likelier the busier the server's event loop. Dropping idle
+# connections after 2 s leaves 3 s of slack; a new localhost connection costs a fraction of a ms.
+CLIENT_KEEPALIVE_S = 2.0
 
 @dataclass(frozen=True)
 class Prefixed:
@@ -112,7 +117,8 @@ class EngineClient:
         verify: ssl.SSLContext | bool = _ssl_context() if any(url.startswith("https") for url in urls) else False
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0), trust_env=False, verify=verify,
                                        limits=httpx.Limits(max_connections=max_connections,
-                                                           max_keepalive_connections=max_connections))
+                                                           max_keepalive_connections=max_connections,
+                                                           keepalive_expiry=CLIENT_KEEPALIVE_S))
 
     def bound(self, clock: Callable[[], float], record: Callable[[Call], None]) -> EngineClient:
         """A twin on the same connection pool that times and records calls for one trace."""

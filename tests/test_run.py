@@ -243,6 +243,36 @@ def test_engine_client_batches_prompts_and_reports_logprobs_and_cache() -> None:
     assert calls[-3].prompts == 2  # type: ignore[attr-defined]
 
 
+def test_engine_client_never_sends_on_a_connection_the_server_may_be_closing() -> None:
+    """A vLLM server we did not start closes a connection idle for 5 s; a request sent on it as it
+    closes dies with a reset (seen in CI under 32 concurrent streams). The client must not trust a
+    connection idle for 3 s: a busy server's event loop can run its close before it reads a request
+    that arrived in time."""
+    import psutil
+
+    from splitcli.engine import EngineClient
+
+    def local_ports() -> set[int]:
+        return {c.laddr.port for c in psutil.Process().net_connections("tcp")
+                if c.raddr and c.raddr.port == 8101 and c.status == psutil.CONN_ESTABLISHED}
+
+    async def go() -> list[set[int]]:
+        client = EngineClient("small", "demo-small", ["http://127.0.0.1:8101"], "hint")
+        try:
+            seen = []
+            for pause in (0.0, 0.2, 3.0):
+                await asyncio.sleep(pause)
+                await client.complete([[1, 2, 3]], max_tokens=1)
+                seen.append(local_ports())
+            return seen
+        finally:
+            await client.aclose()
+
+    first, soon_after, after_a_pause = asyncio.run(go())
+    assert len(first) == 1 and soon_after == first  # a busy connection is reused...
+    assert len(after_a_pause) == 1 and after_a_pause != first  # ...an idle one is not trusted
+
+
 def test_demo_questions_json() -> None:
     result = cli("demo", "questions", "--json")
     assert result.code == 0
