@@ -277,8 +277,8 @@ async def _first_live_token(client: Any, live: Any, tokens: list[int]) -> float:
     return first[0] - started
 
 
-def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitreason-stream", "bench-splitreason-stream-live",
-                                                                  "bench-splitreason-stream-cold", "bench-splitreason",
+def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitreason-stream", "bench-splitreason-stream-warm",
+                                                                  "bench-splitreason-stream-live", "bench-splitreason",
                                                                   "big-only", "random-switch", "small-only"),
         name: str = "e2e") -> dict[str, Any]:
     """Forced ~5%-offload traces in each mode on the same servers, next to the ideal time. Rows are
@@ -310,12 +310,11 @@ def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitrea
     register(type("ForcedSplitReason", (forcing(SplitReason),), {"name": "bench-splitreason"}))
     register(type("ForcedStream", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream"}))
     register(type("ForcedStreamLive", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream-live"}))
-    register(type("ForcedStreamCold", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream-cold"}))
+    register(type("ForcedStreamWarm", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream-warm"}))
     knobs = ["modes.bench-splitreason.big_segment_cap=51", "modes.bench-splitreason-stream.big_segment_cap=51",
              "modes.bench-splitreason-stream-live.big_segment_cap=51",
-             "modes.bench-splitreason-stream-live.live_handoff=true",
-             "modes.bench-splitreason-stream-cold.big_segment_cap=51",
-             "modes.bench-splitreason-stream-cold.warm_every=0",  # what the stream rows measured before configure()
+             "modes.bench-splitreason-stream-live.warm_every=128", "modes.bench-splitreason-stream-live.live_handoff=true",
+             "modes.bench-splitreason-stream-warm.big_segment_cap=51", "modes.bench-splitreason-stream-warm.warm_every=128",
              "modes.random-switch.ratio=19", "modes.random-switch.chunk=32", "modes.random-switch.seed=0"]
     rates = json.loads((out / "decode.json").read_text()) if (out / "decode.json").exists() else None
     results = []

@@ -138,6 +138,9 @@ def test_set_that_breaks_a_rule_names_the_set_argument() -> None:
     (["--set", "modes.splitreason.chunk=0"],
      "error: --set modes.splitreason.chunk=0: modes.splitreason.chunk: Input should be greater than or equal to 1 "
      "(fix the value)"),
+    (["--set", "modes.splitreason-stream.live_handoff=true"],
+     "error: --set modes.splitreason-stream.live_handoff=true: modes.splitreason-stream.live_handoff: a live handoff "
+     "keeps the last warm-up alive, and warm_every is 0 (set warm_every too, e.g. 128)"),
     (["--set", "mode=fast"], "error: --set mode=fast: mode: unknown mode 'fast' (choose one of: big-only, "
                              "logprob-subselect, random-switch, small-only, spec-decoding, spec-rewrite, splitreason, "
                              "splitreason-stream)"),

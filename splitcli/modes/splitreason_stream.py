@@ -2,10 +2,11 @@
 `bucket` tokens the small model is probed on the new prefixes while the stream goes on; the first
 prefix after which it would close the tag cancels the big request (vLLM aborts it) and cuts the
 segment there. Probes are read in order of prefix, so the cut is the same as `splitreason`'s
-(the Session's CutFinder) whichever request answers first. Warm handoffs: while the small model
-writes, the big one gets its context every `warm_every` tokens, so at the handoff its prefix is
-already cached (with `live_handoff`, the last warm-up stays alive in the engine and the handoff
-sends only the tokens since); while the big model writes, the probes keep the small one warm.
+(the Session's CutFinder) whichever request answers first. Warm handoffs (off unless
+`warm_every` is set): while the small model writes, the big one gets its context every `warm_every`
+tokens, so at the handoff its prefix is already cached (with `live_handoff`, the last warm-up stays
+alive in the engine and the handoff sends only the tokens since); while the big model writes, the
+probes keep the small one warm.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from splitcli.modes import Mode, ProbeOptions, register
 from splitcli.session import CloseProbe, Cut, CutFinder, LiveDraft, Session
@@ -27,9 +28,20 @@ class StreamOptions(ProbeOptions):
     probes_in_flight: int = Field(2, ge=1, description="most probe requests out at once; tokens that arrive "
                                                        "meanwhile join the next one (at long context a request "
                                                        "costs about the same for 8 prefixes or 64)")
-    warm_every: int = Field(128, ge=0, description="tokens between warm-ups of the idle model (0: none)")
+    # Off by default: measured, warm-ups alone do not pay. On GPU a warm handoff is as slow as a cold
+    # one (the resent context costs, not the prefill) and on CPU they slowed the demo pair by 70%.
+    warm_every: int = Field(0, ge=0, description="tokens between warm-ups of the idle model (0: none)")
     live_handoff: bool = Field(False, description="keep the big model's warm-up alive in its engine, so that the "
-                                                  "handoff sends only the tokens since (our servers, vLLM >= 0.24)")
+                                                  "handoff sends only the tokens since (our servers, vLLM >= 0.24; "
+                                                  "needs warm_every)")
+
+    @field_validator("live_handoff")
+    @classmethod
+    def _live_needs_warm_ups(cls, live: bool, info: ValidationInfo) -> bool:
+        if live and not info.data.get("warm_every"):
+            raise ValueError("a live handoff keeps the last warm-up alive, and warm_every is 0 "
+                             "(set warm_every too, e.g. 128)")
+        return live
 
 
 @register
