@@ -26,9 +26,10 @@ from splitcli.trace import Call, Model
 
 # A vLLM server we did not start closes a connection idle for 5 s (its default keep-alive); httpx
 # would reuse one for 5 s too. A request sent on a connection the server is closing at that moment
-# dies with a reset (ReadError), likelier the busier the server's event loop. Dropping idle
+# dies with a reset (ReadError), likelier the busier either side's event loop. Dropping idle
 # connections after 2 s leaves 3 s of slack; a new localhost connection costs a fraction of a ms.
 CLIENT_KEEPALIVE_S = 2.0
+
 
 @dataclass(frozen=True)
 class Prefixed:
