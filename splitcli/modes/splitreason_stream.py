@@ -29,7 +29,8 @@ class StreamOptions(ProbeOptions):
                                                        "meanwhile join the next one (at long context a request "
                                                        "costs about the same for 8 prefixes or 64)")
     # Off by default: measured, warm-ups alone do not pay. On GPU a warm handoff is as slow as a cold
-    # one (the resent context costs, not the prefill) and on CPU they slowed the demo pair by 70%.
+    # one (the resent context costs, not the prefill); on CPU, every 8 tokens, they made the demo pair
+    # 1.7x slower (benchmarks/results/modes.json).
     warm_every: int = Field(0, ge=0, description="tokens between warm-ups of the idle model (0: none)")
     live_handoff: bool = Field(False, description="keep the big model's warm-up alive in its engine, so that the "
                                                   "handoff sends only the tokens since (our servers, vLLM >= 0.24; "
