@@ -6,11 +6,12 @@ each of up to 64 prefixes of [context + segment]. Over the OpenAI API every pref
 context, and at 16k tokens that costs more than the big model's own decoding of the segment (~1.2 us
 per prompt token, however little is computed). Here one request reads the cached context once and
 gets the small model's greedy next token after EVERY prefix (prompt logprobs, top 1, for the new
-positions only). A continuation whose first token cannot begin `marker` (after whitespace) cannot
-close the segment; where the greedy tokens follow the sequence itself, the probe's continuation is
-read off the sequence; only the few prefixes still undecided are decoded in full. The caller
-gets, per prefix, text on which `text.lstrip().startswith(marker)` is what the full greedy probe says,
-and, where that is true, the full probe's text (its leading whitespace included).
+positions only). A continuation whose first token can neither begin `marker` (after whitespace) nor
+be the sequence's own next text followed by `marker` (`.</` after `...is 5`, when the sequence goes
+on `. So`: real BPE vocabularies merge punctuation with the tag) cannot close the segment; where the
+greedy tokens follow the sequence itself, the probe's continuation is read off the sequence; only
+the few prefixes still undecided are decoded in full. The caller gets, per prefix, the full greedy
+probe's text wherever it could hold `marker`, and otherwise a start of it that shows it cannot.
 
 Kept free of splitcli imports: it is loaded by vLLM's API server process.
 """
@@ -84,6 +85,22 @@ def may_begin(text: str, marker: str) -> bool:
     return not stripped or "\ufffd" in text or marker.startswith(stripped) or stripped.startswith(marker)
 
 
+def may_close_after(text: str, following: str, marker: str) -> bool:
+    """Whether a continuation starting with `text` could be the sequence's own next text (`following`,
+    as far as it is known) and then `marker`, or begin `marker` after whitespace. True when unsure."""
+    if may_begin(text, marker):
+        return True
+    for k in range(1, len(text) + 1):
+        if k > len(following):
+            return True  # the sequence ends here: what it would say next is not known
+        if text[k - 1] != following[k - 1]:
+            return False
+        rest = text[k:]
+        if marker.startswith(rest) or rest.startswith(marker):
+            return True
+    return False
+
+
 def bytes_may_begin(raw: bytes, marker: str) -> bool:
     """The same question for a continuation whose UTF-8 starts with `raw`, which may end inside a
     character: that character must then be whitespace (a non-breaking or ideographic space, say)."""
@@ -133,7 +150,8 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
     """request: {prompt: [ids], first: shortest prefix length, max_tokens, marker, skip_special_tokens}.
     Answer: {version, texts (one per prefix length first..len(prompt)), decoded (how many prefixes
     were decoded in full), settled (how many whose first token could begin the marker were settled by
-    the sequence's own tokens instead), cached_tokens (of the first-token pass), seconds (first_tokens: pass 1,
+    the sequence's own tokens instead), cached_tokens (of the first-token pass), unscored (prefixes
+    pass 1 had no score for, so decoded in full), seconds (first_tokens: pass 1,
     total: both passes, measured in the server)}."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
@@ -158,17 +176,21 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
     output = await _final(engine, ids, params)
     first_pass = time.perf_counter() - started
     cached = int(output.num_cached_tokens or 0)
-    scores = output.prompt_logprobs
-    offset = skipped if skipped and len(scores) == len(ids) - skipped else 0
-    if len(scores) != len(ids) - offset:
-        raise RuntimeError(f"vLLM returned {len(scores)} prompt scores for a prompt of {len(ids)} tokens")
+    scores = list(output.prompt_logprobs or [])
+    # The scores are the prompt's LAST len(scores) positions: all of them (a None first) from vLLM's
+    # classic runner, the rows from `skipped` on with our tail patch, and only the positions it
+    # computed (after the cached ones) from vLLM's newer runner (Qwen3 on vLLM 0.24, GPU). Never
+    # assume a count: a position without a trustworthy row is decoded in full instead.
+    offset = len(ids) - len(scores)
     nexts: dict[int, int | None] = {len(ids): output.outputs[0].token_ids[0]}
+    unscored = 0
     for length in range(first, len(ids)):
         # Entry `length` scores prompt[length] from the hidden state at length - 1: computed here
         # only if that position was not read from the cache.
-        entry = scores[length - offset] if length - 1 >= cached else None
+        entry = scores[length - offset] if length - 1 >= cached and offset <= length < len(ids) and offset >= 0 else None
         best = [token for token, logprob in (entry or {}).items() if logprob.rank == 1]
         nexts[length] = best[0] if len(best) == 1 else None  # missing or tied: decode in full
+        unscored += entry is None
     tokenizer = engine.get_tokenizer()
     if inspect.isawaitable(tokenizer):
         tokenizer = await tokenizer
@@ -177,9 +199,14 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
     def could_close(length: int, tokens: list[int], text: str) -> bool:
         if "\ufffd" in text and read is not None:
             before, own = read(ids[max(0, length - 3):length]), read(tokens)
-            if before is not None and own is not None:
-                return bytes_may_begin(_pending_bytes(before) + own, marker)
-        return may_begin(text, marker)
+            if before is not None and own is not None and bytes_may_begin(_pending_bytes(before) + own, marker):
+                return True
+        if may_begin(text, marker):
+            return True
+        # What the sequence says next, far enough to compare `text` with it.
+        following = _text_after(tokenizer, ids[max(0, length - CONTEXT_TOKENS):length],
+                                ids[length:length + len(tokens) + 1 + len(text)], skip_special).rstrip("\ufffd")
+        return may_close_after(text, following, marker)
 
     special = set(getattr(tokenizer, "all_special_ids", None) or ())
 
@@ -231,7 +258,7 @@ async def continuations(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
             texts[length] = _text_after(tokenizer, ids[max(0, length - CONTEXT_TOKENS):length],
                                         list(result.outputs[0].token_ids), skip_special)
     return {"version": VERSION, "texts": [texts[length] for length in range(first, len(ids) + 1)],
-            "decoded": len(full), "settled": settled, "cached_tokens": cached,
+            "decoded": len(full), "settled": settled, "cached_tokens": cached, "unscored": unscored,
             "seconds": {"first_tokens": round(first_pass, 6), "total": round(time.perf_counter() - started, 6)}}
 
 
