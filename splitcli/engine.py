@@ -221,24 +221,29 @@ class EngineClient:
         return str(data["prompt"])
 
     # -- our route in the vLLM servers we launch (splitcli/engine_route.py)
-    async def continuations(self, prompt: Prompt, first: int, max_tokens: int, marker: str) -> list[str] | None:
+    async def continuations(self, prompt: Prompt, first: int, max_tokens: int,
+                            marker: str) -> tuple[list[str] | None, str]:
         """Greedy continuations after every prefix prompt[:n], first <= n <= len(prompt), with the
-        prompt sent once: where a continuation cannot start with `marker` after whitespace, only its
-        first token's text. None when the server has no such route (one we did not start)."""
+        prompt sent once: where a continuation cannot hold `marker` (see engine_route), only a start
+        of it. (None, why) when the server has no such route (one we did not start) or it failed on
+        this request; a missing route is asked for no more, a failing one again on the next probe
+        (one request's failure must not send a whole eval down the slow path)."""
         if self._info.get("continuations") is False:
-            return None
+            return None, str(self._info.get("continuations_why", "the server has no probe route"))
         body = {"prompt": prompt, "first": first, "max_tokens": max_tokens, "marker": marker,
                 "skip_special_tokens": self.skip_special_tokens}
         response, call, url = await self._send(CONTINUATIONS_PATH, body, "probe")
+        call.path, call.prompt_tokens = "route", len(prompt)
         if response.status_code != 200:  # same answers over the OpenAI API, in more time
-            self._no_route("continuations", url, response, "probe", "probing over the OpenAI API instead")
-            return None
+            why = self._no_route("continuations", url, response, "probe", "probing over the OpenAI API instead")
+            call.why, call.prompts = why, 0
+            self._record(call)
+            return None, why
         data = response.json()
         call.prompts = 1 + int(data.get("decoded", 0))
-        call.prompt_tokens = len(prompt)
         call.cached_tokens = int(data.get("cached_tokens", 0))
         self._record(call)
-        return [str(text) for text in data["texts"]]
+        return [str(text) for text in data["texts"]], ""
 
     # -- live requests in our route (splitcli/engine_route.py): a warm context that takes only new tokens
     async def live_open(self, prompt: list[int]) -> LiveRequest | None:
@@ -314,15 +319,22 @@ class EngineClient:
             if call.cancelled or result.finish_reason is not None:
                 self._record(call)
 
-    def _no_route(self, key: str, url: str, response: httpx.Response, route: str, instead: str) -> None:
-        """One of our routes is missing (404/405: a server we did not start) or failing (it runs inside
-        vLLM and leans on its internals): use vLLM's own API from now on; a failure is said once."""
-        self._info[key] = False
-        if response.status_code not in (404, 405):
-            from splitcli import console
+    def _no_route(self, key: str, url: str, response: httpx.Response, route: str, instead: str) -> str:
+        """One of our routes is missing (404/405: a server we did not start: vLLM's own API from now on)
+        or failing (it runs inside vLLM and leans on its internals: vLLM's API for this request). Said
+        once per command either way, since the way round costs more; returns why, for the trace."""
+        from splitcli import console
 
-            console.warn(f"the {route} route of the {self.role} server at {url} failed ({_error_message(response)}); "
-                         f"{instead}")
+        missing = response.status_code in (404, 405)
+        why = (f"the {self.role} server at {url} has no {route} route (not started by splitreason)" if missing
+               else f"the {route} route of the {self.role} server at {url} failed ({_error_message(response)})")
+        if missing:
+            self._info[key] = False
+            self._info[f"{key}_why"] = why
+        if not self._info.get(f"{key}_said"):
+            self._info[f"{key}_said"] = True
+            console.warn(f"{why}; {instead}" + ("" if missing else " for that request (the trace counts each time)"))
+        return why
 
     # -- completions
     def _body(self, prompt: Prompt | list[Prompt], max_tokens: int, temperature: float, top_p: float,
@@ -346,7 +358,8 @@ class EngineClient:
 
     async def complete(self, prompts: list[Prompt], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                        seed: int | None = None, stop: list[str] | None = None, kind: str = "generate",
-                       logprobs: int | None = None, n: int = 1, token_ids: bool = True) -> list[Completion]:
+                       logprobs: int | None = None, n: int = 1, token_ids: bool = True,
+                       path: str | None = None, why: str | None = None) -> list[Completion]:
         """Several prompts in one request; `n` samples of each (vLLM seeds sample j with seed + j, so
         samples of one prompt differ even under a seed). Completions in order: prompt by prompt, then
         sample by sample. `token_ids=False` when only the text matters: vLLM returns every choice's
@@ -356,6 +369,7 @@ class EngineClient:
         if n > 1:
             body["n"] = n
         data, call = await self._post("/v1/completions", body, kind)
+        call.path, call.why = path, why
         usage = data.get("usage") or {}
         call.prompts = len(prompts) * n
         call.prompt_tokens = usage.get("prompt_tokens", 0)

@@ -286,6 +286,11 @@ def eval_summary(summary: dict[str, Any], console: Console) -> None:
                                            f"p90 {usage['seconds_p90']:.2f}")
         speeds = ", ".join(f"{m} {v}" for m, v in usage["tokens_per_second"].items() if v is not None) or "-"
         head.add_row("tokens/s", speeds)
+        probes = usage.get("probe_calls") or {}
+        if any(probes.values()):
+            slow = probes.get("openai", 0)
+            cells = f"route {probes.get('route', 0)}, OpenAI API {slow}, route failed {probes.get('route_failed', 0)}"
+            head.add_row("probe calls", Text(cells, "yellow" if slow else ""))
     head.add_row("samples", f"{summary['samples']} ({summary['errored']} errored) in {summary['wall_seconds']:.1f} s")
     console.print(head)
 

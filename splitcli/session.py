@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,18 +40,24 @@ class Context:
 @dataclass(frozen=True)
 class CloseProbe:
     """What the small model writes after one prefix of a big segment: the closing tag or not, and
-    the whitespace it writes before the tag."""
+    what it writes before the tag: whitespace of its own (`lead`, `end` None), or the big model's own
+    next text merged with the tag (`lead` = `.` in `.</bigmodel>` after `...is 5`; real BPE vocabularies
+    join punctuation to `</`), which then starts at character `end` of the draft's text."""
 
     closes: bool
     lead: str = ""
+    end: int | None = None
 
 
 @dataclass(frozen=True)
 class Cut:
-    """Where a big segment ends: after `index` of its tokens, with `lead` written by the small model."""
+    """Where a big segment ends: after `index` of its tokens, with `lead` written by the small model;
+    or, when the small model's tag follows part of the big model's own next text, at character `end`
+    of the segment's text (it may fall inside one of the big model's tokens)."""
 
     index: int
     lead: str = ""
+    end: int | None = None
 
 
 @dataclass
@@ -85,33 +92,69 @@ class LiveDraft:
 class CutFinder:
     """The end of one big segment, as a property of the text and not of how it was batched.
 
-    Prefixes 1, 2, ... of the segment are fed in order. Prefix i ends the segment when the small
-    model's greedy continuation starts with the closing tag. When it starts with whitespace and then
-    the tag, the next prefix decides: if the big model's next token lets the small model close right
-    away, the cut is after it (the big model's own whitespace is kept); otherwise the cut is at i,
-    with the small model's whitespace. So the cut never depends on where chunks or buckets end."""
+    Prefixes 1, 2, ... of the segment are fed in order, with the segment's text as far as it is known.
+    Prefix i ends the segment when the small model's greedy continuation is the closing tag, or the
+    big model's own next text followed by the tag (the cut then lands after that text). When it is
+    whitespace and then the tag, the next prefix decides: if the big model's next token lets the small
+    model close right away, the cut is after it (the big model's own whitespace is kept); otherwise the
+    cut is at i, with the small model's whitespace. A prefix waits while the text it depends on is not
+    written yet. So the cut never depends on where chunks or buckets end."""
 
     def __init__(self) -> None:
         self.seen = 0
-        self.pending: Cut | None = None
+        self.text = ""
+        self._undecided: deque[tuple[int, CloseProbe, int]] = deque()  # (prefix, probe, its text offset)
 
-    def feed(self, probes: list[CloseProbe]) -> Cut | None:
-        """Probes for the next prefixes (self.seen + 1, ...); the cut once it is decided."""
+    @property
+    def waiting(self) -> bool:
+        """A prefix waits for more of the big model's text (one more token may decide it)."""
+        return bool(self._undecided)
+
+    def feed(self, probes: list[CloseProbe], text: str, offset: int = 0) -> Cut | None:
+        """Probes for the next prefixes (self.seen + 1, ...); `text`: the segment's text as known now,
+        in which the probes' `end` count from `offset`. The cut once it is decided."""
+        self.text = text
         for probe in probes:
             self.seen += 1
-            if self.pending is not None:
-                if probe.closes and not probe.lead:
-                    return Cut(self.seen)
-                return self.pending
-            if probe.closes and not probe.lead:
-                return Cut(self.seen)
-            if probe.closes:
-                self.pending = Cut(self.seen, probe.lead)
-        return None
+            self._undecided.append((self.seen, probe, offset))
+        return self._decide(final=False)
 
     def finish(self) -> Cut | None:
-        """The segment ended (EOS, cap, budget) with no further prefix: a pending cut stands."""
-        return self.pending
+        """The segment ended (EOS, cap, budget) with no further prefix or text: what waits is decided."""
+        return self._decide(final=True)
+
+    def _decide(self, final: bool) -> Cut | None:
+        while self._undecided:
+            index, probe, offset = self._undecided[0]
+            verdict = self._verdict(index, probe, offset, final)
+            if verdict is _WAIT:
+                return None
+            self._undecided.popleft()
+            if verdict is not None:
+                self._undecided.clear()
+                return verdict  # type: ignore[return-value]
+        return None
+
+    def _verdict(self, index: int, probe: CloseProbe, offset: int, final: bool) -> Cut | object | None:
+        if not probe.closes:
+            return None
+        if not probe.lead:
+            return Cut(index)
+        if probe.end is None:  # whitespace of the small model's own: the next prefix decides
+            if len(self._undecided) < 2:
+                return Cut(index, probe.lead) if final else _WAIT
+            after = self._undecided[1][1]
+            return Cut(index + 1) if after.closes and not after.lead else Cut(index, probe.lead)
+        start = offset + probe.end
+        following = self.text[start:]
+        if following.startswith(probe.lead):
+            return Cut(index, end=start + len(probe.lead))
+        if probe.lead.startswith(following) and not final:
+            return _WAIT
+        return None
+
+
+_WAIT = object()
 
 
 def open_pool(profile: Profile, keys: list[ServerKey], max_connections: int = 64) -> dict[ServerKey, EngineClient]:
@@ -557,9 +600,22 @@ class Session:
         context = self.contexts[role]
         context.ids, context.text, context.pending = context.ids[: context.prompt_tokens], context.prompt_text, []
 
-    async def keep(self, role: Model, segment: Segment, result: Completion, n_tokens: int) -> None:
+    async def keep(self, role: Model, segment: Segment, result: Completion, n_tokens: int,
+                   chars: int | None = None) -> None:
         """Keep the first `n_tokens` of a draft in `segment` and commit them; drop the rest (counted
-        in the segment's dropped tokens)."""
+        in the segment's dropped tokens). With `chars`: keep the draft's text up to that character
+        instead, which may end inside a token: its tail is re-tokenised, so ids and text agree."""
+        if chars is not None and chars < len(result.text):
+            kept_text = result.text[:chars]
+            ids = await self._ids_spelling(role, result.token_ids, kept_text)
+            segment.token_ids = segment.token_ids[: len(segment.token_ids) - len(result.token_ids)] + ids
+            segment.text = segment.text[: len(segment.text) - len(result.text)] + kept_text
+            segment.dropped_tokens += max(0, len(result.token_ids) - len(ids))
+            self.trace.emit("update", segment)
+            self.commit(role, ids, kept_text)
+            return
+        if chars is not None:
+            n_tokens = len(result.token_ids)
         dropped = len(result.token_ids) - n_tokens
         if dropped:
             kept_text = await self._text_of_first(role, result, n_tokens)
@@ -606,14 +662,15 @@ class Session:
         ids = result.token_ids
         return list(await asyncio.gather(*(client.detokenize(ids[:i]) for i in range(start + 1, stop + 1))))
 
-    async def probe(self, role: Model, prompts: list[Prompt], max_tokens: int) -> list[Completion]:
+    async def probe(self, role: Model, prompts: list[Prompt], max_tokens: int, why: str = "") -> list[Completion]:
         """Greedy continuations of many prompts in ONE batched request (vLLM shortens `max_tokens`
         per prompt to the room its context leaves; every prompt must leave some). Text only: asking
-        for token ids would send every prompt's ids back too."""
+        for token ids would send every prompt's ids back too. `why`: why not through the route (in
+        the trace's call)."""
         if not prompts:
             return []
         return await self.clients[role].complete(prompts, max_tokens=max_tokens, temperature=0.0, kind="probe",
-                                                 token_ids=False)
+                                                 token_ids=False, path="openai", why=why or None)
 
     async def probe_close(self, draft: Completion, start: int, stop: int, probe_tokens: int,
                           stride: int = 1) -> list[CloseProbe]:
@@ -625,7 +682,8 @@ class Session:
         prefix does not repeat is missed. Kept behind this one method so that the modes never change."""
         if stop <= start:
             return []
-        base = await self.context("small")
+        # A copy: the context grows in place once a cut is committed, while a probe of the stream still runs.
+        base = list(await self.context("small"))
         if self.shared_tokenizer:
             tails = [draft.token_ids[:i] for i in range(start + 1, stop + 1)]
         else:
@@ -638,40 +696,57 @@ class Session:
         # would reject the whole batch for it, so such prefixes are not probed (they cannot close).
         fitting = await self._fitting("small", prompts)
         found = [CloseProbe(False)] * len(prompts)
+        why = "probe_route is off"
         if self.probe_route and fitting:
-            routed = await self._probe_by_route(base, tails[:fitting], probe_tokens)
+            routed, why = await self._probe_by_route(base, tails[:fitting], probe_tokens)
             if routed is not None:
-                return routed + found[fitting:]
+                return await self._own_text(draft, start, routed + found[fitting:])
         # Every `stride`-th prefix first (1: all of them, exact); then, before the first that closes,
         # the ones skipped (and the next one, which decides a close that needs whitespace first).
         first_pass = [i for i in range(fitting) if (i + 1) % stride == 0 or i == fitting - 1]
-        for index, probe in zip(first_pass, await self.probe("small", [prompts[i] for i in first_pass], probe_tokens),
-                                strict=True):
+        answers = await self.probe("small", [prompts[i] for i in first_pass], probe_tokens, why=why)
+        for index, probe in zip(first_pass, answers, strict=True):
             found[index] = self._close_probe(probe)
         hit = next((i for i in first_pass if found[i].closes), None)
         if stride > 1 and hit is not None:
             previous = max((i for i in first_pass if i < hit), default=-1)
             second_pass = [i for i in [*range(previous + 1, hit), hit + 1] if i < fitting and i not in first_pass]
-            for index, probe in zip(second_pass, await self.probe("small", [prompts[i] for i in second_pass],
-                                                                  probe_tokens), strict=True):
+            answers = await self.probe("small", [prompts[i] for i in second_pass], probe_tokens, why=why)
+            for index, probe in zip(second_pass, answers, strict=True):
                 found[index] = self._close_probe(probe)
-        return found
+        return await self._own_text(draft, start, found)
 
-    async def _probe_by_route(self, base: list[int], tails: list[list[int]], probe_tokens: int) -> list[CloseProbe] | None:
+    async def _own_text(self, draft: Completion, start: int, probes: list[CloseProbe]) -> list[CloseProbe]:
+        """Where the small model writes other text than whitespace before the tag, only the big
+        model's own next text may stand there (the tag merged with it, `.</`): keep such a close, with
+        where its prefix ends in the draft's text, while the draft's text so far agrees with it."""
+        settled = []
+        for number, probe in enumerate(probes, start=start + 1):
+            if probe.closes and probe.lead.strip():
+                end = len(await self._text_of_first("big", draft, number))
+                following = draft.text[end:]
+                agrees = following.startswith(probe.lead) or probe.lead.startswith(following)
+                probe = CloseProbe(True, probe.lead, end) if agrees else CloseProbe(False)
+            settled.append(probe)
+        return settled
+
+    async def _probe_by_route(self, base: list[int], tails: list[list[int]],
+                              probe_tokens: int) -> tuple[list[CloseProbe] | None, str]:
         """Exact probes through the small server's continuations route (the context sent once, only
-        prefixes whose next token could begin the tag decoded in full). None where the server has no
-        route, or the tails are not prefixes of one sequence (another tokenizer may respell them)."""
+        prefixes whose next token could begin the tag decoded in full). None, and why, where the
+        server has no route or it failed, or the tails are not prefixes of one sequence (another
+        tokenizer may respell them)."""
         longest = tails[-1]
         if any(tail != longest[: len(tail)] for tail in tails):
-            return None
+            return None, "the prefixes, respelled by the small model's tokenizer, are not one sequence"
         first = len(base) + min(len(tail) for tail in tails)
         if first == 0:
-            return None
-        texts = await self.clients["small"].continuations(Prefixed(base, longest), first, probe_tokens,
-                                                          self._close_marker)
+            return None, "nothing to probe after"
+        texts, why = await self.clients["small"].continuations(Prefixed(base, longest), first, probe_tokens,
+                                                               self._close_marker)
         if texts is None:
-            return None
-        return [self._close_probe(texts[len(base) + len(tail) - first]) for tail in tails]
+            return None, why
+        return [self._close_probe(texts[len(base) + len(tail) - first]) for tail in tails], ""
 
     @property
     def _close_marker(self) -> str:
@@ -679,9 +754,8 @@ class Session:
 
     def _close_probe(self, probe: Completion | str) -> CloseProbe:
         text = probe if isinstance(probe, str) else probe.text
-        stripped = text.lstrip()
-        closes = stripped.startswith(self._close_marker)
-        return CloseProbe(closes, text[: len(text) - len(stripped)] if closes else "")
+        at = text.find(self._close_marker)
+        return CloseProbe(True, text[:at]) if at >= 0 else CloseProbe(False)
 
     async def _fitting(self, role: Model, prompts: list[Prompt]) -> int:
         """How many of `prompts` (token ids, each longer than the one before) leave the model room."""

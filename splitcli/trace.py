@@ -20,8 +20,9 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from splitcli.errors import UsageError
 
-TRACE_VERSION = 2
-READS_VERSIONS = (1, 2)  # version 1 had no served/kept/dropped fields: their defaults apply
+TRACE_VERSION = 3
+# Version 1 had no served/kept/dropped fields, version 2 no probe paths: their defaults apply.
+READS_VERSIONS = (1, 2, 3)
 Model = Literal["small", "big"]
 MODELS: tuple[Model, Model] = ("small", "big")
 
@@ -44,6 +45,8 @@ class Call:
     cached_tokens: int = 0
     completion_tokens: int = 0
     cancelled: bool = False  # a stream closed before its end (vLLM aborts the request)
+    path: str | None = None  # probes: "route" (our continuations route) or "openai" (every prefix resent)
+    why: str | None = None  # ... and why not the route (or why the route failed)
 
     @property
     def seconds(self) -> float:
@@ -196,6 +199,7 @@ class Trace:
             "http_seconds": round(http, 4),
             "http_busy_seconds": round(busy, 4),  # overlapping requests counted once
             "requests": len(self.calls),
+            "probe_calls": probe_paths(self.calls),
             "handoff_costs": costs,
             "mean_handoff_latency_s": round(sum(latencies) / len(latencies), 4) if latencies else None,
             "answer": self.answer,
@@ -232,6 +236,17 @@ class Trace:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as handle:
             handle.write(json.dumps(self.to_dict()) + "\n")
+
+
+def probe_paths(calls: list[Call]) -> dict[str, int]:
+    """Probe calls by the way they went: through the route, over the OpenAI API, or a route that failed
+    (then the OpenAI API answered that probe too)."""
+    counts = {"route": 0, "openai": 0, "route_failed": 0}
+    for call in calls:
+        if call.kind == "probe":
+            key = "route_failed" if call.path == "route" and call.why else call.path or "openai"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 class SegmentFeed:

@@ -129,6 +129,10 @@ def _finish(summary: dict[str, Any], run_dir: runner.RunDir, json_output: bool) 
     else:
         render.eval_summary(summary, console.out)
         console.info(f"results in {run_dir.path}")
+    probes = (summary.get("usage") or {}).get("probe_calls") or {}
+    if probes.get("openai"):  # the slower way round: said at the end too, not only once at the start
+        console.warn(f"{probes['openai']} of {sum(probes.values())} probe calls went over the OpenAI API (every "
+                     f"prefix resending the context); each sample's trace says why in its calls")
     if summary["errored"]:
         raise SampleErrors(f"{summary['errored']} of {summary['samples']} samples errored (engine failures, not wrong "
                            f"answers; no pass@1 without them): retry them with --resume {run_dir.path}")

@@ -106,7 +106,10 @@ def usage(samples: list[dict[str, Any]]) -> dict[str, Any]:
     seconds = [s["seconds"] for s in graded]
     tokens: dict[str, int] = defaultdict(int)
     generate_seconds: dict[str, float] = defaultdict(float)
+    probe_calls: dict[str, int] = defaultdict(int)
     for entry in stats:
+        for path, count in (entry.get("probe_calls") or {}).items():  # older traces: none counted
+            probe_calls[path] += count
         for model, count in entry["spent_tokens"].items():
             tokens[model] += count
         for model, busy in entry["generate_seconds"].items():
@@ -119,6 +122,8 @@ def usage(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "seconds_median": statistics.median(seconds),
         "seconds_p90": _quantile(seconds, 0.9),
         "tokens": dict(tokens),
+        # How the probes went: through the route, or the slower way round (every prefix resent).
+        "probe_calls": dict(probe_calls),
         "tokens_per_second": {m: round(tokens[m] / generate_seconds[m], 1) if generate_seconds[m] else None
                               for m in sorted(tokens)},
     }

@@ -52,14 +52,16 @@ class SplitReason(Mode):
             size = min(self.options.chunk, self.options.big_segment_cap - written, session.room() - reserve)
             if size <= 0:
                 break
-            if finder.pending is not None:
+            if finder.waiting:
                 size = 1  # one more token decides a pending cut
             draft = await session.draft("big", segment, size)
             probes = await session.probe_close(draft, 0, len(draft.token_ids), self.options.probe_tokens,
                                                self.options.probe_stride)
-            cut = finder.feed(probes)
+            offset = len(segment.text) - len(draft.text)  # where this chunk starts in the segment's text
+            cut = finder.feed(probes, segment.text, offset)
             if cut is not None:
-                await session.keep("big", segment, draft, cut.index - written)
+                chars = None if cut.end is None else cut.end - offset
+                await session.keep("big", segment, draft, cut.index - written, chars)
                 return await session.hand_back(segment, "handback", cut.lead)
             await session.keep("big", segment, draft, len(draft.token_ids))
             written += len(draft.token_ids)

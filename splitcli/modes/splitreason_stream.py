@@ -82,7 +82,7 @@ class SplitReasonStream(Mode):
             await live.cancel()  # the cut is known (or the run failed): stop generating
         draft = live.completion
         if cut is not None:
-            await session.keep("big", segment, draft, cut.index)
+            await session.keep("big", segment, draft, cut.index, cut.end)
             return await session.hand_back(segment, "handback", cut.lead)
         await session.keep("big", segment, draft, len(draft.token_ids))
         if draft.ended_with_eos:
@@ -104,7 +104,7 @@ class SplitReasonStream(Mode):
         probed = 0
         while True:
             while in_flight and in_flight[0].done():
-                cut = finder.feed(in_flight.popleft().result())
+                cut = finder.feed(in_flight.popleft().result(), live.completion.text)
                 if cut is not None:
                     return cut
             arrived = live.tokens
