@@ -1,13 +1,21 @@
-"""Tiny demonstration models: a small and a big Qwen2 trained on CPU in seconds.
+"""Tiny demonstration models, trained on CPU in seconds: two pairs (each with gendata's annotator).
 
 They memorise SplitReason-style traces for a few built-in questions, so greedy decoding reproduces
 them exactly: the small model opens <bigmodel> at the hard step, the big model continues it, the
 small model closes </bigmodel> and finishes with a boxed answer. They know nothing else.
+
+- `demo`: Qwen2, a 512-token BPE tokenizer trained on the traces themselves (tags never merge).
+- `demo-qwen3`: Qwen3 (`Qwen3ForCausalLM`) with the real Qwen3 tokenizer and chat template (shipped
+  in assets/qwen3) and Qwen3's two end-of-text ids. Its traces open the tag mid-formula and close it
+  right after punctuation and formulas (`43.</bigmodel>`, `f(42)</bigmodel>`, `2^{10}</bigmodel>`),
+  where the real vocabulary merges the tag with its neighbour (`.</`, `)</`, `}</`, `>\\`): the small
+  model writes what a model fine-tuned on tagged text writes.
 """
 
 from __future__ import annotations
 
 import json
+import lzma
 import shutil
 import tempfile
 import time
@@ -16,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from splitcli import paths
-from splitcli.profiles import DEMO_PREFIX, SNIPPET_END, SNIPPET_START, AnnotatorSpec, PromptConfig
+from splitcli.profiles import DEMO_PAIRS, SNIPPET_END, SNIPPET_START, AnnotatorSpec, PromptConfig, demo_model
 
 DEMO_VERSION = 3
 SEED = 1234
@@ -69,29 +77,71 @@ SPECIALS = ["<|bos|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|system|>", "<|
 SECOND_EOS = "<|end|>"
 
 
-def demo_root() -> Path:
+QWEN3_ASSETS = Path(__file__).parent / "assets" / "qwen3"
+QWEN3_ENDS = (151645, 151643)  # <|im_end|> (the chat's end) and <|endoftext|>, as in Qwen3's generation_config
+
+
+def qwen3_tokenizer_files(target: Path) -> Path:
+    """The real Qwen3 tokenizer and chat template (shipped: assets/qwen3/NOTICE.md) as HF files in `target`."""
+    target.mkdir(parents=True, exist_ok=True)
+    if not (target / "tokenizer.json").is_file():
+        partial = target / "tokenizer.json.partial"
+        partial.write_bytes(lzma.decompress((QWEN3_ASSETS / "tokenizer.json.xz").read_bytes()))
+        partial.replace(target / "tokenizer.json")
+    shutil.copyfile(QWEN3_ASSETS / "tokenizer_config.json", target / "tokenizer_config.json")
+    return target
+
+
+QWEN3_VERSION = 1
+# The Qwen3 pair's traces: the same questions and answers, tags where the real vocabulary merges them.
+QUESTIONS_QWEN3: list[DemoQuestion] = [
+    DemoQuestion("What is 12 * 3 + 7?", "43", "First, 12 * 3 = 36.\n", "Then 36 + 7 = 43.",
+                 _after(" So the total is 43.", "43")),
+    DemoQuestion("What is 15 + 27 - 9?", "33", "Let f(x) = x - 9 and x = 15 + 27 = 42.\n", "The result is f(42)",
+                 _after(" = 42 - 9 = 33.", "33")),
+    DemoQuestion("What is 2 to the power 10?", "1024", "Write it as a fraction:\n", "\\frac{2^{11}}{2} = 2^{10}",
+                 _after(" = 1024.", "1024")),
+    DemoQuestion("How many sides do 3 hexagons have?", "18", "A hexagon has 6 sides.\n", "Three of them: 3 * 6 = 18,",
+                 _after(" so 18 sides in all.", "18")),
+]
+
+
+def questions_of(pair: str) -> list[DemoQuestion]:
+    return QUESTIONS_QWEN3 if pair == "demo-qwen3" else QUESTIONS
+
+
+def demo_root(pair: str = "demo") -> Path:
+    if pair == "demo-qwen3":
+        return paths.models_dir() / f"demo-qwen3-v{QWEN3_VERSION}"
     return paths.models_dir() / f"demo-v{DEMO_VERSION}"
 
 
-def is_built() -> bool:
-    return all((demo_root() / role / "config.json").is_file() for role in SHAPES)
+def is_built(pair: str = "demo") -> bool:
+    return all((demo_root(pair) / role / "config.json").is_file() for role in SHAPES)
 
 
 def resolve_model(model: str) -> str:
-    """`demo:small` / `demo:big` -> local path (building on first use); anything else unchanged."""
-    if not model.startswith(DEMO_PREFIX):
+    """`demo:small`, `demo-qwen3:big`, ... -> local path (building on first use); anything else unchanged."""
+    named = demo_model(model)
+    if named is None:
         return model
-    role = model.removeprefix(DEMO_PREFIX)
+    pair, role = named
     if role not in SHAPES:  # profiles refuse unknown demo names; a name may be known but not built by this version
         from splitcli.errors import ProfileError
 
-        raise ProfileError(f"unknown demo model {model!r} (use one of: {', '.join(DEMO_PREFIX + r for r in SHAPES)})")
-    if not is_built():
+        raise ProfileError(f"unknown demo model {model!r} (use one of: {', '.join(f'{pair}:{r}' for r in SHAPES)})")
+    if not is_built(pair):
         from splitcli import console
 
-        console.info("building the tiny demonstration models (first use, a few seconds on CPU)")
-        build()
-    return str(demo_root() / role)
+        console.info(f"building the tiny {pair} models (first use, seconds on CPU)")
+        build_pair(pair)
+    return str(demo_root(pair) / role)
+
+
+def build_pair(pair: str, target: Path | None = None) -> Path:
+    if pair not in DEMO_PAIRS:
+        raise ValueError(f"unknown demo pair {pair!r}")
+    return build_qwen3(target) if pair == "demo-qwen3" else build(target)
 
 
 def _train_tokenizer(texts: list[str]) -> Any:
@@ -254,6 +304,134 @@ def build(target: Path | None = None) -> Path:
     if target.exists():
         shutil.rmtree(target)
     staging.replace(target)  # atomic: a half-built demo is never picked up
+    return target
+
+
+# ---------------------------------------------------------------- demo-qwen3
+def _spelling(tokenizer: Any, ids: list[int], text: str) -> list[int]:
+    """Ids that spell `text`, a prefix of what `ids` spell: the longest run of `ids` that spells a
+    prefix of it, the rest tokenised (as the Session re-spells a cut inside a token)."""
+    count = len(ids)
+    while count and not text.startswith(tokenizer.decode(ids[:count])):
+        count -= 1
+    head = tokenizer.decode(ids[:count])
+    return ids[:count] + (tokenizer.encode(text[len(head):], add_special_tokens=False) if text[len(head):] else [])
+
+
+def qwen3_examples(tokenizer: Any, role: str, prompt: PromptConfig) -> list[tuple[list[int], list[int]]]:
+    """(context ids, ids learned after it). Each text is tokenised whole, as a model fine-tuned on
+    tagged text saw it; the small model also learns, after the contexts the Session builds (the big
+    model's own tokens, the tags as their own tokens), what it writes there: the merged closing tag
+    after the big model's text, and its own text after the tag."""
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    im_end, end_of_text = QWEN3_ENDS
+    examples: list[tuple[list[int], list[int]]] = []
+    if role == "annotator":
+        return [(encode(annotation_prompt(tokenizer, item)), [*encode(annotation_reply(item)), im_end])
+                for item in QUESTIONS_QWEN3]
+    open_ids, close_ids = encode(prompt.open_tag), encode(prompt.close_tag)
+    for item in QUESTIONS_QWEN3:
+        plain = encode(prompt_text(tokenizer, item.question, prompt, with_hint=False))
+        untagged = encode(item.untagged())
+        if role == "big":
+            examples.append((plain, [*untagged, end_of_text]))
+            continue
+        examples.append((plain, [*untagged, im_end]))
+        hinted = encode(prompt_text(tokenizer, item.question, prompt, with_hint=True))
+        tagged = encode(item.tagged(prompt))
+        examples.append((hinted, [*tagged, im_end]))
+        # The Session's contexts: the small model's text up to the tag, the tag, the big model's tokens.
+        before = encode(item.before)
+        if untagged[: len(before)] != before or tagged[: len(before)] != before:
+            raise ValueError(f"demo-qwen3 trace {item.answer}: the text before the tag merges with what follows")
+        big = untagged[len(before):]
+        merged = next(index for index, token in enumerate(tagged) if "</" in tokenizer.decode([token]))
+        lead = tokenizer.decode([tagged[merged]]).split("</")[0]  # the big model's text merged with the tag
+        head = item.hard[: len(item.hard) - len(lead)]
+        probed = next(count for count in range(len(big) + 1) if tokenizer.decode(big[:count]) == head)
+        context = [*hinted, *before, *open_ids]
+        examples.append(([*context, *big[:probed]], [*tagged[merged:], im_end]))
+        handed_back = [*context, *_spelling(tokenizer, big, item.hard), *close_ids]
+        examples.append((handed_back, [*encode(item.after), im_end]))
+    return examples
+
+
+def _train_sparse(config: Any, examples: list[tuple[list[int], list[int]]], max_steps: int = 1500) -> Any:
+    """Train a copy of `config` whose vocabulary is only the ids the examples use, plus one row kept
+    at 0 for all the others (152k rows of embeddings would cost seconds a step on CPU); then place
+    its rows in the full vocabulary, the other rows 0: their logit is 0, under every id it learned."""
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    used = sorted({token for context, learned in examples for token in [*context, *learned]})
+    index = {token: position for position, token in enumerate(used)}
+    other = len(used)  # the row that stands for every id not used: logit 0 throughout
+    compact = Qwen3ForCausalLM(config.__class__(**{**config.to_dict(), "vocab_size": other + 1, "bos_token_id": None,
+                                                          "eos_token_id": None}))
+    width = max(len(c) + len(learned) for c, learned in examples)
+    rows = [([index[t] for t in c + learned], len(c), width - len(c) - len(learned)) for c, learned in examples]
+    input_ids = torch.tensor([seq + [0] * fill for seq, _, fill in rows])
+    labels = torch.tensor([[-100] * start + seq[start:] + [-100] * fill for seq, start, fill in rows])
+    mask = torch.tensor([[1] * len(seq) + [0] * fill for seq, _, fill in rows])
+    embeddings = compact.get_input_embeddings().weight
+    optimizer = torch.optim.AdamW(compact.parameters(), lr=3e-3, weight_decay=0.0)
+    compact.train()
+    for _ in range(max_steps):
+        with torch.no_grad():
+            embeddings[other] = 0
+        loss = compact(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.002:
+            break
+    full = Qwen3ForCausalLM(config)
+    state = compact.state_dict()
+    table = torch.zeros(config.vocab_size, config.hidden_size)
+    table[torch.tensor(used)] = state["model.embed_tokens.weight"][:other]
+    state["model.embed_tokens.weight"] = table
+    state["lm_head.weight"] = table
+    full.load_state_dict(state)
+    full.eval()
+    return full
+
+
+def build_qwen3(target: Path | None = None) -> Path:
+    """Train the demo-qwen3 pair and annotator with the shipped Qwen3 tokenizer into `target`."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config
+    from transformers.utils import logging as hf_logging
+
+    target = target or demo_root("demo-qwen3")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prompt = PromptConfig()
+    started = time.monotonic()
+    hf_logging.disable_progress_bar()
+    staging = Path(tempfile.mkdtemp(prefix="demo-qwen3-", dir=target.parent))
+    tokenizer = AutoTokenizer.from_pretrained(qwen3_tokenizer_files(staging / "tokenizer"))
+    im_end, end_of_text = QWEN3_ENDS
+    for role, (hidden, layers, heads) in SHAPES.items():
+        torch.manual_seed(SEED)
+        config = Qwen3Config(vocab_size=151936, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=heads, head_dim=64,
+                             max_position_embeddings=1024, tie_word_embeddings=True, bos_token_id=end_of_text,
+                             eos_token_id=im_end)
+        examples = qwen3_examples(tokenizer, role, prompt)
+        model = _train_sparse(config, examples)
+        _check_memorised(model, examples, role)
+        model.save_pretrained(staging / role)
+        tokenizer.save_pretrained(staging / role)
+        GenerationConfig(bos_token_id=end_of_text, eos_token_id=list(QWEN3_ENDS),
+                         pad_token_id=end_of_text).save_pretrained(staging / role)
+    (staging / "demo.json").write_text(json.dumps({
+        "pair": "demo-qwen3", "version": QWEN3_VERSION, "seconds": round(time.monotonic() - started, 1),
+        "questions": [asdict(item) for item in QUESTIONS_QWEN3],
+    }, indent=2))
+    if target.exists():
+        shutil.rmtree(target)
+    staging.replace(target)
     return target
 
 

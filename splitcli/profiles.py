@@ -23,8 +23,14 @@ ROLES: tuple[Role, Role] = ("small", "big")
 # server, for the spec-decoding mode), and the annotator of gendata.
 ServerKey = Literal["small", "big", "spec", "annotator", "api"]
 SERVER_KEYS: tuple[ServerKey, ...] = ("small", "big", "spec", "annotator", "api")
-DEMO_PREFIX = "demo:"
+DEMO_PAIRS = ("demo", "demo-qwen3")  # demo:small, demo-qwen3:small, ...: built-in tiny pairs
 DEMO_MODELS = ("small", "big", "annotator")  # the tiny models `splitreason demo build` trains
+
+
+def demo_model(model: str) -> tuple[str, str] | None:
+    """(pair, role) for `demo:small`, `demo-qwen3:big`, ...; None for any other model name."""
+    pair, colon, role = model.partition(":")
+    return (pair, role) if colon and pair in DEMO_PAIRS else None
 PROFILE_SUFFIXES = (".yaml", ".yml")
 
 
@@ -46,7 +52,7 @@ class SpeculativeSpec(_Strict):
 class ModelSpec(_Strict):
     """One model of the pair: what to serve and how, or the endpoints of servers someone else runs."""
 
-    model: str = Field(description="HF id, local path, or demo:small / demo:big / demo:annotator")
+    model: str = Field(description="HF id, local path, or a demo model (demo:small, demo-qwen3:big, ...)")
     served_name: str | None = Field(None, description="name requests use (default: model)")
     revision: str | None = Field(None, description="HF revision (branch, tag or commit) to serve")
     host: str = "127.0.0.1"
@@ -65,8 +71,9 @@ class ModelSpec(_Strict):
     @field_validator("model")
     @classmethod
     def _known_demo_model(cls, model: str) -> str:
-        if model.startswith(DEMO_PREFIX) and model.removeprefix(DEMO_PREFIX) not in DEMO_MODELS:
-            choices = ", ".join(DEMO_PREFIX + name for name in DEMO_MODELS)
+        named = demo_model(model)
+        if named is not None and named[1] not in DEMO_MODELS:
+            choices = ", ".join(f"{named[0]}:{name}" for name in DEMO_MODELS)
             raise ValueError(f"unknown demo model {model!r} (use one of: {choices})")
         return model
 
@@ -201,7 +208,7 @@ class AnnotatorSpec(_Strict):
 class GendataSection(_Strict):
     """What `splitreason gendata` reads and how it annotates."""
 
-    source: str = Field("open-r1/OpenR1-Math-220k", description="HF dataset id, a local file, or `demo`")
+    source: str = Field("open-r1/OpenR1-Math-220k", description="HF dataset id, a local file, or `demo` / `demo-qwen3`")
     config: str | None = Field("default", description="the dataset's config")
     split: str = "train"
     revision: str | None = Field(None, description="dataset commit to load")

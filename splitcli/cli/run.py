@@ -13,7 +13,7 @@ from splitcli.cli.common import command, load, servers_in_use
 from splitcli.cli.options import JsonOpt, ModeOpt, ProfileOpt, SetOpt
 from splitcli.errors import EngineError, UsageError
 from splitcli.modes import get_mode
-from splitcli.profiles import DEMO_PREFIX, Profile
+from splitcli.profiles import Profile, demo_model
 from splitcli.session import run_question
 from splitcli.trace import Trace, load_jsonl
 
@@ -40,7 +40,7 @@ def run(
     mode_name = mode or prof.mode
     mode_class = get_mode(mode_name)
     keys = tuple(mode_class.server_keys().values())
-    if any(prof.spec(key).model.startswith(DEMO_PREFIX) for key in keys):
+    if any(demo_model(prof.spec(key).model) for key in keys):
         console.info("demo profile: tiny demonstration models that know only `splitreason demo questions`")
     with servers_in_use(prof, keys, keep):
         live = not (json_output or no_stream or console.plain_output())

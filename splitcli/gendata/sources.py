@@ -13,7 +13,7 @@ from typing import Any
 from splitcli import paths
 from splitcli.datafiles import load_local
 from splitcli.errors import DataError
-from splitcli.profiles import GendataSection
+from splitcli.profiles import DEMO_PAIRS, GendataSection
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,11 @@ def _pick_generation(row: dict[str, Any], field: str) -> str | None:
     return None
 
 
-def _demo_rows() -> list[dict[str, Any]]:
+def _demo_rows(pair: str) -> list[dict[str, Any]]:
     from splitcli import demo
 
     return [{"uuid": f"demo-{i + 1}", "problem": q.question, "generations": q.untagged()}
-            for i, q in enumerate(demo.QUESTIONS)]
+            for i, q in enumerate(demo.questions_of(pair))]
 
 
 def load_sources(section: GendataSection, source: str | None = None, limit: int | None = None) -> SourceSet:
@@ -62,8 +62,8 @@ def load_sources(section: GendataSection, source: str | None = None, limit: int 
     name = source or section.source
     revision = section.revision
     fields = (section.id_field, section.problem_field, section.generation_field)
-    if name == "demo":
-        raw, fields = _demo_rows(), ("uuid", "problem", "generations")
+    if name in DEMO_PAIRS:
+        raw, fields = _demo_rows(name), ("uuid", "problem", "generations")
     elif Path(name).exists():
         raw = load_local(Path(name))
         if raw and section.id_field not in raw[0] and "id" in raw[0]:
