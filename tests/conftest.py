@@ -60,6 +60,32 @@ def demo_servers() -> Iterator[None]:
     cli("stop", "--all")
 
 
+PAIRS = ("demo", "demo-qwen3")  # the tiny demo tokenizer, and the real Qwen3 one whose tags merge
+API_PORTS = {"demo": 8100, "demo-qwen3": 8200}
+
+
+@pytest.fixture(scope="session")
+def qwen3_servers() -> Iterator[None]:
+    """The demo-qwen3 servers (small, big, annotator), started once when a test first needs them."""
+    started = cli("serve", "--profile", "demo-qwen3", "--only", "small,big,annotator", "--detach", timeout=1200)
+    assert started.code == 0, started.err
+    yield
+    cli("stop", "--all")
+
+
+@pytest.fixture(params=PAIRS)
+def pair(request: pytest.FixtureRequest) -> str:
+    """A demo pair's profile name, its servers running: tests that take it run on both pairs."""
+    request.getfixturevalue("demo_servers" if request.param == "demo" else "qwen3_servers")
+    return str(request.param)
+
+
+def pair_cases(values: object) -> list[object]:
+    """(pair, value) for each pair and each of `values(pair)`, named like `demo-qwen3-43`."""
+    return [pytest.param(name, value, id=f"{name}-{getattr(value, 'answer', value)}")
+            for name in PAIRS for value in values(name)]  # type: ignore[operator]
+
+
 def cli_tty(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Result:
     """Run `splitreason ARGS` with stdout on a pseudo-terminal, as in an interactive shell."""
     import pty

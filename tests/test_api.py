@@ -16,11 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import DEMO_QUESTION, cli
+from conftest import API_PORTS, DEMO_QUESTION, cli
 from openai import AsyncOpenAI, OpenAI
 
 from splitcli import demo
 from splitcli.engine import EngineClient
+from splitcli.profiles import PromptConfig
 
 pytestmark = pytest.mark.usefixtures("demo_servers")
 API = "http://127.0.0.1:8100"
@@ -33,6 +34,25 @@ def api() -> Iterator[str]:
     assert started.code == 0, started.err
     yield API
     cli("stop", "demo-api")
+
+
+@pytest.fixture(scope="module")
+def apis() -> Iterator[dict[str, str]]:
+    started: dict[str, str] = {}
+    yield started
+    for name in started:
+        cli("stop", f"{name}-api")
+
+
+@pytest.fixture
+def pair_api(pair: str, apis: dict[str, str]) -> str:
+    """The API in front of a demo pair (tests that take it run on both pairs)."""
+    if pair not in apis:
+        only = "small,big,spec" if pair == "demo" else "small,big"
+        started = cli("serve", "--profile", pair, "--only", only, "--api", "--detach", timeout=300)
+        assert started.code == 0, started.err
+        apis[pair] = f"http://127.0.0.1:{API_PORTS[pair]}"
+    return apis[pair]
 
 
 def _client(base: str = API, key: str = "unused") -> OpenAI:
@@ -69,13 +89,14 @@ def test_the_api_and_the_model_servers_keep_a_connection_a_client_may_still_reus
         assert ports() == seen and len(seen) == 2  # the same two connections: neither server closed its end
 
 
-def test_chat_with_the_official_client_streamed_and_not(api: str) -> None:
-    client = _client()
+def test_chat_with_the_official_client_streamed_and_not(pair_api: str, pair: str) -> None:
+    client = _client(pair_api)
+    item = demo.questions_of(pair)[0]
     reply = client.chat.completions.create(model="splitreason", messages=[{"role": "user", "content": DEMO_QUESTION}])
     message = reply.choices[0].message
     assert message.content == "The answer is \\boxed{43}."
-    assert message.model_extra["reasoning_content"] == (  # type: ignore[index]
-        "First, 12 * 3 = 36. <bigmodel>Then 36 + 7 = 43. </bigmodel>So the total is 43.\n")
+    thinking = item.tagged(PromptConfig()).split("</think>")[0]  # demo: "First, 12 * 3 = 36. <bigmodel>Then ..."
+    assert message.model_extra["reasoning_content"] == thinking  # type: ignore[index]
     assert reply.choices[0].finish_reason == "stop"
     usage = reply.usage.model_extra["splitreason"]  # type: ignore[union-attr,index]
     assert reply.usage.completion_tokens == usage["tokens"]["small"] + usage["tokens"]["big"]  # type: ignore[union-attr]
@@ -114,9 +135,10 @@ def test_completions_streamed_and_not_with_a_mode_by_model_id(api: str) -> None:
     assert stopped.choices[0].text == "First, 12 * 3 = 36. <bigmodel>Then " and stopped.choices[0].finish_reason == "stop"
 
 
-def test_32_concurrent_streams_all_answer_right(api: str) -> None:
-    client = AsyncOpenAI(base_url=f"{API}/v1", api_key="unused", max_retries=0, timeout=300)
-    items = [demo.QUESTIONS[i % len(demo.QUESTIONS)] for i in range(32)]
+def test_32_concurrent_streams_all_answer_right(pair_api: str, pair: str) -> None:
+    client = AsyncOpenAI(base_url=f"{pair_api}/v1", api_key="unused", max_retries=0, timeout=300)
+    questions = demo.questions_of(pair)
+    items = [questions[i % len(questions)] for i in range(32)]
 
     async def one(question: str) -> str:
         stream = await client.chat.completions.create(model="splitreason", stream=True,
@@ -286,15 +308,20 @@ metric_list:
     assert harness == ours["accuracy"]["pass@1"] == 1.0  # type: ignore[index]
 
 
-def test_a_server_without_our_continuations_route_says_so_once(api: str) -> None:
+def test_a_server_without_our_continuations_route_says_so_once(api: str, capsys: pytest.CaptureFixture[str]) -> None:
     # The API is ours but not a vLLM server we launched: the probe route answers 404, and the client
-    # remembers it (Sessions then probe every prefix over the OpenAI API: tests/test_probe_route.py).
-    async def go() -> tuple[list[str] | None, dict[str, Any]]:
+    # remembers it (Sessions then probe every prefix over the OpenAI API: tests/test_probe_route.py),
+    # and says so once: the way round resends the context for every prefix.
+    async def go() -> tuple[tuple[list[str] | None, str], tuple[list[str] | None, str], dict[str, Any]]:
         client = EngineClient("small", "demo-small", [api], "start it")
         try:
-            return await client.continuations([5, 6, 7], 1, 2, "</big"), client._info
+            first = await client.continuations([5, 6, 7], 1, 2, "</big")
+            return first, await client.continuations([5, 6, 7], 1, 2, "</big"), client._info
         finally:
             await client.aclose()
 
-    answer, info = asyncio.run(go())
-    assert answer is None and info["continuations"] is False
+    (answer, why), again, info = asyncio.run(go())
+    reason = f"the small server at {api} has no probe route (not started by splitreason)"
+    assert answer is None and info["continuations"] is False and why == reason and again == (None, reason)
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("warning:") == 1 and f"warning: {reason}; probing over the OpenAI API instead" in err

@@ -128,3 +128,9 @@ def test_debug_variable_set_to_zero_keeps_tracebacks_off() -> None:
     assert result.code == 2 and "Traceback" not in result.err
     shown = cli("stop", "nope", env={"SPLITREASON_DEBUG": "1"})
     assert shown.code != 0 and "Traceback" in shown.err
+
+
+def test_demo_build_names_the_pairs_it_knows() -> None:
+    result = cli("demo", "build", "--pair", "nope")
+    assert result.code == 2 and result.out == ""
+    assert result.err.strip().splitlines()[-1] == "error: --pair nope: no such demo pair (use one of: demo, demo-qwen3)"

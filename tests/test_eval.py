@@ -38,15 +38,17 @@ def _comparable(results: dict[str, Any]) -> dict[str, Any]:
             "fingerprint": results["fingerprint"]}
 
 
-def test_eval_on_the_demo_profile_end_to_end(tmp_path: Path) -> None:
+def test_eval_on_the_demo_profile_end_to_end(tmp_path: Path, pair: str) -> None:
     out = tmp_path / "run"
-    result = cli("eval", "--profile", "demo", "--out", str(out), "--json")
+    result = cli("eval", "--profile", pair, "--out", str(out), "--json")
     assert result.code == 0, result.err
     summary = result.json()
     assert summary["task"] == "demo" and summary["mode"] == "splitreason"  # type: ignore[index]
     assert summary["problems"] == len(demo.QUESTIONS) and summary["n"] == 1 and summary["errored"] == 0  # type: ignore[index]
     assert summary["accuracy"]["pass@1"] == 1.0  # type: ignore[index]  # the demo models know their answers
     assert summary["usage"]["offload_share_mean"] > 0 and summary["usage"]["handoffs_mean"] == 2  # type: ignore[index]
+    # Every probe went through the route: one call per big segment here, none the slow way round.
+    assert summary["usage"]["probe_calls"] == {"route": 4, "openai": 0, "route_failed": 0}  # type: ignore[index]
     lines = _lines(out)
     assert sorted(r["problem_id"] for r in lines) == [f"demo-{i}" for i in range(1, 5)]
     first = lines[0]
@@ -158,3 +160,16 @@ def test_data_that_cannot_be_had_is_one_line(args: list[str], env: dict[str, str
     if "hub (" in message:
         assert result.err.strip().endswith("or run a local copy with --data FILE (JSONL/parquet/CSV with id, problem, "
                                            "answer)")
+
+
+def test_probes_the_slow_way_round_are_counted_shown_and_said(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = cli("eval", "--profile", "demo", "--out", str(out), "--set", "modes.splitreason.probe_route=false")
+    assert result.code == 0, result.err
+    usage = json.loads((out / "results.json").read_text())["usage"]
+    assert usage["probe_calls"] == {"route": 0, "openai": 4, "route_failed": 0}
+    assert "route 0, OpenAI API 4, route failed 0" in result.out  # the summary table's row
+    assert ("warning: 4 of 4 probe calls went over the OpenAI API (every prefix resending the context); each "
+            "sample's trace says why in its calls") in " ".join(result.err.split())
+    calls = [call for line in _lines(out) for call in line["trace"]["calls"] if call["kind"] == "probe"]
+    assert {(call["path"], call["why"]) for call in calls} == {("openai", "probe_route is off")}

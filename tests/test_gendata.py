@@ -20,11 +20,11 @@ pytestmark = pytest.mark.usefixtures("demo_servers")
 EXAMPLE = Path(__file__).parent.parent / "examples" / "train_splitreason.py"
 
 
-def test_gendata_on_the_demo_profile_end_to_end(tmp_path: Path) -> None:
+def test_gendata_on_the_demo_profile_end_to_end(tmp_path: Path, pair: str) -> None:
     import datasets
 
     out = tmp_path / "data"
-    result = cli("gendata", "--profile", "demo", "--out", str(out), "--json")
+    result = cli("gendata", "--profile", pair, "--out", str(out), "--json")
     assert result.code == 0, result.err
     summary = result.json()
     assert summary["traces"] == 4 and summary["accepted"] == 4 and summary["rejected"] == 0  # type: ignore[index]
@@ -34,7 +34,7 @@ def test_gendata_on_the_demo_profile_end_to_end(tmp_path: Path) -> None:
     assert len(summary["position_profile"]) == 20  # type: ignore[index]
     rows = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
     assert [row["id"] for row in rows] == ["demo-1", "demo-2", "demo-3", "demo-4"]
-    for row, item in zip(rows, demo.QUESTIONS, strict=True):
+    for row, item in zip(rows, demo.questions_of(pair), strict=True):
         user, assistant = row["messages"]
         assert user == {"role": "user", "content": item.question}
         assert assistant["role"] == "assistant"

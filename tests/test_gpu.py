@@ -68,3 +68,21 @@ def test_spec_decoding_on_the_gpu() -> None:
     assert speculative["drafts"] > 0 and speculative["draft_tokens"] == 5 * speculative["drafts"]
     assert speculative["acceptance_rate"] is not None
     assert [s["model"] for s in trace["segments"]] == ["big"]  # type: ignore[index]
+
+
+@pytest.mark.skipif(not os.environ.get("SPLITREASON_GPU_SMALL_URL"), reason="SPLITREASON_GPU_SMALL_URL names no server")
+def test_the_route_answers_partly_cached_prompts_as_the_full_probes_do() -> None:
+    """The eight (context, chunk, cached-up-to) cases that failed on vLLM 0.24 with a Qwen3-shape
+    small model (its newer model runner returns scores only for the positions it computed), against
+    a small server splitreason started (SPLITREASON_GPU_SMALL_URL, its served name in
+    SPLITREASON_GPU_SMALL_NAME, default `small`, as benchmarks/gpu_bench.py serves it)."""
+    import asyncio
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import gpu_bench
+
+    rows = asyncio.run(gpu_bench.route_cases(os.environ["SPLITREASON_GPU_SMALL_URL"],
+                                             os.environ.get("SPLITREASON_GPU_SMALL_NAME", "small")))
+    assert [row["status"] for row in rows] == [200] * len(gpu_bench.ROUTE_CASES)
+    assert all(row["wrong"] == [] for row in rows)
+    assert all(row["texts"] == row["chunk"] for row in rows)

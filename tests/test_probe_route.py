@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import pair_cases
 
 from splitcli import demo
 from splitcli.engine import EngineClient
@@ -35,8 +36,8 @@ SMALL, BIG = "http://127.0.0.1:8101", "http://127.0.0.1:8102"  # the demo server
 WAYS = (("route", True), ("every prefix", False), ("route, cached", True))
 
 
-def _probe_draft(question: str, ways: tuple[tuple[str, bool], ...] = WAYS,
-                 no_route: bool = False) -> tuple[dict[str, list[CloseProbe]], Trace]:
+def _probe_draft(question: str, ways: tuple[tuple[str, bool], ...] = WAYS, no_route: bool = False,
+                 profile: str = "demo") -> tuple[dict[str, list[CloseProbe]], Trace]:
     """Write until the small model opens the tag, let the big model draft, and probe every prefix
     of the draft each way in turn (by default: route with nothing cached, OpenAI API, route again
     with the segment now cached). `no_route`: as a server answering 404 leaves the client."""
@@ -62,19 +63,20 @@ def _probe_draft(question: str, ways: tuple[tuple[str, bool], ...] = WAYS,
             await session.keep("big", segment, draft, count)
             session.close(segment, None)
 
-    trace = asyncio.run(run_question(load_profile("demo"), question, "test-probe-draft"))
+    trace = asyncio.run(run_question(load_profile(profile), question, "test-probe-draft"))
     assert trace.error is None, trace.error
     return found, trace
 
 
-@pytest.mark.parametrize("item", demo.QUESTIONS, ids=lambda item: item.answer)
-def test_the_route_finds_what_probing_every_prefix_finds(item: demo.DemoQuestion) -> None:
-    found, trace = _probe_draft(item.question)
+@pytest.mark.parametrize(("pair", "item"), pair_cases(demo.questions_of), indirect=["pair"])
+def test_the_route_finds_what_probing_every_prefix_finds(pair: str, item: demo.DemoQuestion) -> None:
+    found, trace = _probe_draft(item.question, profile=pair)
     every = found["every prefix"]
     assert any(probe.closes for probe in every)  # the demo small model closes after the hard part
     assert found["route"] == every
     assert found["route, cached"] == every
     route, http, cached = [call for call in trace.calls if call.kind == "probe"]
+    assert (route.path, http.path, cached.path) == ("route", "openai", "route")
     assert http.prompts == len(every)
     # One pass over the sequence plus only the prefixes whose next token could begin "</big".
     assert route.prompts < http.prompts
@@ -87,25 +89,33 @@ def test_without_the_route_the_session_probes_every_prefix_over_the_openai_api()
     found, trace = _probe_draft(demo.QUESTIONS[0].question, (("no route", True),), no_route=True)
     probes = [call for call in trace.calls if call.kind == "probe"]
     assert len(probes) == 1 and probes[0].prompts == len(found["no route"]) > 0
+    assert (probes[0].path, probes[0].why) == ("openai", "the server has no probe route")
+    assert trace.stats()["probe_calls"] == {"route": 0, "openai": 1, "route_failed": 0}
     assert any(probe.closes for probe in found["no route"])
 
 
-def test_a_route_that_fails_is_reported_once_and_the_openai_api_takes_over(capsys: pytest.CaptureFixture[str]) -> None:
-    # A request the route refuses stands in for a vLLM whose internals it does not fit.
-    async def go() -> tuple[list[str] | None, list[str] | None, dict[str, Any]]:
-        client = EngineClient("small", "demo-small", [SMALL], "start it")
+def test_a_route_that_fails_is_said_once_and_tried_again_on_the_next_probe(capsys: pytest.CaptureFixture[str]) -> None:
+    # A request the route refuses stands in for a vLLM whose internals it does not fit. One failing
+    # request must not send the rest of the command (a whole eval) down the slower way round.
+    calls: list[Any] = []
+
+    async def go() -> tuple[tuple[list[str] | None, str], tuple[list[str] | None, str], dict[str, Any]]:
+        client = EngineClient("small", "demo-small", [SMALL], "start it", record=calls.append)
         try:
             first = await client.continuations([5, 6, 7], 9, 2, "</big")
             return first, await client.continuations([5, 6, 7], 1, 2, "</big"), client._info
         finally:
             await client.aclose()
 
-    first, second, info = asyncio.run(go())
-    assert first is None and second is None and info["continuations"] is False
-    err = capsys.readouterr().err
+    (failed, why), (texts, _), info = asyncio.run(go())
+    assert failed is None and texts is not None and len(texts) == 3 and info.get("continuations") is not False
+    reason = (f"the probe route of the small server at {SMALL} failed (bad continuations request: need 1 <= "
+              "first <= len(prompt), max_tokens >= 1 and a marker)")
+    assert why == reason
+    err = " ".join(capsys.readouterr().err.split())
     assert err.count("warning:") == 1
-    assert (f"warning: the probe route of the small server at {SMALL} failed (bad continuations request: need 1 <= "
-            "first <= len(prompt), max_tokens >= 1 and a marker); probing over the OpenAI API instead") in " ".join(err.split())
+    assert f"warning: {reason}; probing over the OpenAI API instead for that request (the trace counts each time)" in err
+    assert [(call.path, call.why) for call in calls] == [("route", reason), ("route", None)]
 
 
 @pytest.mark.parametrize(("text", "could"), [

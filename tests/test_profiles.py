@@ -101,7 +101,7 @@ def test_good_profile_validates(tmp_path: Path) -> None:
 
 def test_every_shipped_profile_is_valid() -> None:
     shipped = available_profiles()
-    for name in ("demo", "paper-32b", "paper-14b", "paper-8b", "single-gpu", "aime", "math500", "gpqa"):
+    for name in ("demo", "demo-qwen3", "paper-32b", "paper-14b", "paper-8b", "single-gpu", "aime", "math500", "gpqa"):
         assert name in shipped
         profile = load_profile(name)
         assert profile.name == name

@@ -117,3 +117,31 @@ def test_a_continuation_that_is_the_sequences_own_text_then_the_tag_is_decoded(t
     engine = Merging(tokenizer, "newer", 0, set())
     answer = asyncio.run(continuations(engine, {"prompt": ids, "first": 4, "max_tokens": 6, "marker": MARKER}))
     assert answer["texts"][after_43 - 4] == ".</bigmodel>"
+
+
+def test_the_cut_after_the_big_models_own_text_is_the_same_for_any_chunking() -> None:
+    # The big model writes "= 4" "3" "." " So"; the small model, after "= 43", writes ".</bigmodel>"
+    # (the real Qwen3 vocabulary merges "." with "</"). Fed one token at a time (a prefix that must
+    # wait for the next one) or all at once, the cut lands after "." (character 5).
+    from splitcli.session import CloseProbe, Cut, CutFinder
+
+    pieces = ["= 4", "3", ".", " So"]
+    probes = [CloseProbe(False), CloseProbe(True, ".", 4), CloseProbe(True, ""), CloseProbe(False)]
+    whole = CutFinder()
+    assert whole.feed(probes, "".join(pieces)) == Cut(2, end=5)
+    one_by_one, text, cut = CutFinder(), "", None
+    for piece, probe in zip(pieces, probes, strict=True):
+        text += piece
+        cut = one_by_one.feed([probe], text)
+        if cut is not None:
+            break
+    assert cut == Cut(2, end=5)
+    # A lead that is not what the big model writes next is no close; at the end of the text, what
+    # still waits for more is none either.
+    assert CutFinder().feed([CloseProbe(True, "!", 4)], "= 43. So") is None
+    waiting = CutFinder()
+    assert waiting.feed([CloseProbe(True, ".)", 4)], "= 43.") is None and waiting.waiting
+    assert waiting.finish() is None
+    # Whitespace of the small model's own: the next prefix decides, as before.
+    assert CutFinder().feed([CloseProbe(True, " "), CloseProbe(False)], "ab") == Cut(1, " ")
+    assert CutFinder().feed([CloseProbe(True, " "), CloseProbe(True, "")], "ab") == Cut(2)
