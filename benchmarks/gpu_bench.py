@@ -1,8 +1,11 @@
 """GPU evidence on a lent H100/H200, with the project's own launcher and modes: random-weight models
-of the R1-Distill-Qwen 1.5B and 7B shapes with the demo tokenizer, CUDA graphs on.
+of real shapes, CUDA graphs on. The pair (SPLITREASON_GPU_PAIR): `qwen3` (default), the Qwen3-1.7B
+and Qwen3-8B shapes with the real Qwen3 tokenizer, chat template and generation_config (shipped in
+splitcli/assets/qwen3); `r1`, the R1-Distill-Qwen 1.5B and 7B shapes with the demo tokenizer.
 
     python benchmarks/gpu_bench.py WORK models    # random weights (seconds on a GPU)
     python benchmarks/gpu_bench.py WORK serve     # small and big
+    python benchmarks/gpu_bench.py WORK route-cases  # the route on partly cached prompts, against OpenAI probes
     python benchmarks/gpu_bench.py WORK decode    # single-stream decode rates
     python benchmarks/gpu_bench.py WORK probe     # probe cost per big chunk at 1k..16k: before and after
     python benchmarks/gpu_bench.py WORK handoff   # time to the other model's first token, cold and warm
@@ -32,6 +35,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+PAIR = os.environ.get("SPLITREASON_GPU_PAIR", "qwen3")
+if PAIR not in ("qwen3", "r1"):
+    raise SystemExit(f"SPLITREASON_GPU_PAIR={PAIR!r}: use qwen3 or r1")
+QWEN3_SHAPES = {  # hidden, layers, heads, kv heads, intermediate, vocab, tied (head_dim 128)
+    "small": (2048, 28, 16, 8, 6144, 151936, True),  # Qwen3-1.7B
+    "big": (4096, 36, 32, 8, 12288, 151936, False),  # Qwen3-8B
+}
 SHAPES = {  # hidden, layers, heads, kv heads, intermediate, vocab (None: the tokenizer's), tied
     "small": (1536, 28, 12, 2, 8960, None, True),  # R1-Distill-Qwen-1.5B
     "big": (3584, 28, 28, 4, 18944, None, False),  # R1-Distill-Qwen-7B
@@ -54,13 +64,23 @@ def cli(*args: str, timeout: float = 1500) -> dict[str, Any]:
 
 
 def root() -> Path:
-    return Path(os.environ["SPLITREASON_HOME"]) / "gpu-models"
+    return Path(os.environ["SPLITREASON_HOME"]) / ("gpu-models" if PAIR == "r1" else "gpu-models-qwen3")
 
 
 def profile_file(out: Path) -> Path:
     """small + big on GPU 0 (CUDA graphs), big's spec server drafted by the small model."""
     models = root()
     path = out / "gpu-pair.yaml"
+    if PAIR == "qwen3":  # memory shares as measured for these shapes (both serve with CUDA graphs)
+        path.write_text(f"""description: random-weight Qwen3 1.7B + 8B shapes, the real Qwen3 tokenizer, one GPU, CUDA graphs
+small: {{model: {models / 'small'}, served_name: small, port: 8301, gpus: [0], gpu_memory: 0.16,
+        max_model_len: 20480, dtype: bfloat16, extra_args: [--prefix-caching-hash-algo, xxhash]}}
+big: {{model: {models / 'big'}, served_name: big, port: 8302, gpus: [0], gpu_memory: 0.42,
+      max_model_len: 20480, dtype: bfloat16,
+      speculative: {{method: draft_model, num_speculative_tokens: 5, port: 8312}}}}
+sampling: {{temperature: 0.0, max_tokens: 20480, seed: 0}}
+""")
+        return path
     path.write_text(f"""description: random-weight R1-Distill-Qwen 1.5B + 7B shapes on one GPU, CUDA graphs
 small: {{model: {models / 'small'}, served_name: small, port: 8301, gpus: [0], gpu_memory: 0.08,
         max_model_len: 20480, dtype: bfloat16, extra_args: [--prefix-caching-hash-algo, xxhash]}}
@@ -75,7 +95,46 @@ sampling: {{temperature: 0.0, max_tokens: 20480, seed: 0}}
 # ---------------------------------------------------------------- phases
 
 
+def qwen3_models(out: Path) -> dict[str, Any]:
+    """Qwen3-1.7B and -8B shapes (Qwen3ForCausalLM) with the real tokenizer and Qwen3's generation_config."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    from splitcli import demo
+
+    started = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(demo.qwen3_tokenizer_files(root() / "tokenizer"))
+    ends = list(demo.QWEN3_ENDS)
+    for role, (hidden, layers, heads, kv, inter, size, tied) in QWEN3_SHAPES.items():
+        target = root() / role
+        if (target / "config.json").is_file():
+            continue
+        config = Qwen3Config(vocab_size=size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                             num_key_value_heads=kv, intermediate_size=inter, head_dim=128,
+                             max_position_embeddings=40960, rope_theta=1000000.0, tie_word_embeddings=tied,
+                             bos_token_id=ends[1], eos_token_id=ends[0])
+        with torch.device("meta"):
+            model = Qwen3ForCausalLM(config)
+        model = model.to_empty(device="cuda").to(torch.bfloat16)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.fill_(1.0) if "norm" in name else param.normal_(0, 0.02)
+            if tied:
+                model.tie_weights()
+            model.get_output_embeddings().weight[ends] = 0
+        model.generation_config = GenerationConfig(bos_token_id=ends[1], eos_token_id=ends, pad_token_id=ends[1],
+                                                   do_sample=True, temperature=0.6, top_k=20, top_p=0.95)
+        model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        del model
+        torch.cuda.empty_cache()
+    return {"seconds": round(time.monotonic() - started, 1), "pair": PAIR,
+            "shapes": {k: list(v) for k, v in QWEN3_SHAPES.items()}}
+
+
 def models(out: Path) -> dict[str, Any]:
+    if PAIR == "qwen3":
+        return qwen3_models(out)
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
@@ -191,9 +250,58 @@ async def _probe_chunk(client: Any, base: list[int], buckets: list[int] | None, 
         return
     done = 0
     for size in buckets:
-        texts = await client.continuations(base + chunk[:done + size], len(base) + done + 1, 6, "</big")
-        assert texts is not None and len(texts) == size
+        texts, why = await client.continuations(base + chunk[:done + size], len(base) + done + 1, 6, "</big")
+        if texts is None or len(texts) != size:
+            raise RuntimeError(f"the route failed: {why}")
         done += size
+
+
+# (context, chunk, cached up to): the context's prefix already in the cache when the route is asked.
+# 16-token blocks on the GPU: at run time the small model's context is cached to its last full block,
+# so anywhere before `first - 1`, and a repeated probe has part of the chunk cached too.
+ROUTE_CASES = [(1040, 31, 1040), (1040, 31, 1024), (1040, 31, 1008), (1040, 31, 1056),
+               (16384, 31, 16384), (16384, 31, 16368), (16384, 31, 16352), (16384, 31, 16400)]
+
+
+async def route_cases(url: str, model: str, cases: list[tuple[int, int, int]] = ROUTE_CASES,
+                      probe_tokens: int = 6) -> list[dict[str, Any]]:
+    """The continuations route where the prefix cache holds part of the prompt, against probing every
+    prefix over the OpenAI API: per case, the route's status, what it read from the cache, and the
+    prefixes whose answer is not what the full probe says (a start of it, where it cannot close)."""
+    import httpx
+
+    from splitcli.engine_route import PATH
+
+    rows = []
+    async with httpx.AsyncClient(timeout=300) as http:
+        for number, (context, chunk, cached_to) in enumerate(cases):
+            ids = _context(context + chunk, 7919 * (number + 1))  # a sequence of its own: nothing cached before
+            warm = await http.post(f"{url}/v1/completions", json={"model": model, "prompt": ids[:cached_to],
+                                                                    "max_tokens": 1, "temperature": 0.0})
+            warm.raise_for_status()
+            started = time.perf_counter()
+            routed = await http.post(url + PATH, json={"prompt": ids, "first": context + 1, "max_tokens": probe_tokens,
+                                                       "marker": "</big", "skip_special_tokens": True})
+            seconds = time.perf_counter() - started
+            row: dict[str, Any] = {"context": context, "chunk": chunk, "cached_to": cached_to,
+                                   "status": routed.status_code, "route_s": round(seconds, 4)}
+            if routed.status_code != 200:
+                row["error"] = routed.text[:300]
+                rows.append(row)
+                continue
+            answer = routed.json()
+            full = await http.post(f"{url}/v1/completions", json={
+                "model": model, "prompt": [ids[:length] for length in range(context + 1, len(ids) + 1)],
+                "max_tokens": probe_tokens, "temperature": 0.0})
+            full.raise_for_status()
+            texts = [choice["text"] for choice in sorted(full.json()["choices"], key=lambda c: c["index"])]
+            wrong = [i for i, (mine, theirs) in enumerate(zip(answer["texts"], texts, strict=True))
+                     if mine != theirs and not (theirs.startswith(mine) and "</big" not in theirs)]
+            row.update({key: answer.get(key) for key in ("cached_tokens", "unscored", "decoded", "settled", "seconds")},
+                       texts=len(answer["texts"]), wrong=wrong)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
 
 
 async def _route_answer(prompt: list[int], first: int) -> dict[str, Any]:
@@ -330,7 +438,8 @@ def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitrea
                    "tokens": stats["tokens"], "spent": stats["spent_tokens"], "offload": stats["offload_share"],
                    "handoffs": stats["handoffs"], "mean_handoff_latency_s": stats["mean_handoff_latency_s"],
                    "handoffs_to": _handoffs_by_receiver(stats["handoff_costs"]),
-                   "requests": stats["requests"], "speculative": trace.extra.get("speculative")}
+                   "requests": stats["requests"], "probe_calls": stats["probe_calls"],
+                   "speculative": trace.extra.get("speculative")}
             if rates:
                 row["ideal_s"] = round(stats["tokens"]["small"] / rates["small"]["tokens_per_s"]
                                        + stats["tokens"]["big"] / rates["big"]["tokens_per_s"], 3)
@@ -506,13 +615,17 @@ def main() -> None:
                           capture_output=True, text=True).stdout.strip()
     import vllm
 
-    header = {"card": card, "vllm": vllm.__version__, "cuda_graphs": True, "phase": phase, "date": time.strftime("%F")}
+    header = {"card": card, "vllm": vllm.__version__, "cuda_graphs": True, "pair": PAIR, "phase": phase,
+              "date": time.strftime("%F")}
     if phase == "models":
         result = models(out)
     elif phase == "serve":
         result = serve(out)
     elif phase == "probe":  # `probe small`: only the small server is up (the big chunk's decode not timed)
         result = asyncio.run(probe_costs(with_big=sys.argv[3:] != ["small"]))
+    elif phase == "route-cases":
+        small = SERVERS["small"].split("|")
+        result = {"cases": asyncio.run(route_cases(small[1], small[0]))}
     elif phase == "decode":
         result = asyncio.run(decode_rates())
     elif phase == "handoff":
