@@ -27,9 +27,16 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("NO_COLOR", None)
 
 
+def _pair_of(item: pytest.Item) -> str:
+    callspec = getattr(item, "callspec", None)
+    return str(callspec.params.get("pair", "demo")) if callspec is not None else "demo"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Lifecycle tests stop and kill servers: they run after everything that needs them.
-    items.sort(key=lambda item: item.get_closest_marker("lifecycle") is not None)
+    # The two pairs' servers do not fit in 24 GB together: the demo-qwen3 tests run first, on its
+    # servers alone, then everything else on the demo pair's. Lifecycle tests stop and kill servers:
+    # they run after everything that needs them.
+    items.sort(key=lambda item: (item.get_closest_marker("lifecycle") is not None, _pair_of(item) != "demo-qwen3"))
 
 
 @dataclass
@@ -50,33 +57,46 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
     return Result(done.returncode, done.stdout, done.stderr)
 
 
-@pytest.fixture(scope="session")
-def demo_servers() -> Iterator[None]:
-    """The demo servers, healthy, for the whole session, started together once: small, big, big with
-    speculative decoding (the small model drafting), and gendata's annotator."""
-    started = cli("serve", "--profile", "demo", "--only", "small,big,spec,annotator", "--detach", timeout=1200)
-    assert started.code == 0, started.err
-    yield
-    cli("stop", "--all")
-
-
+# What each pair's tests need served: the pair, the big model with speculative decoding (the small
+# model drafting; demo only) and gendata's annotator.
+SERVED = {"demo": "small,big,spec,annotator", "demo-qwen3": "small,big,annotator"}
 PAIRS = ("demo", "demo-qwen3")  # the tiny demo tokenizer, and the real Qwen3 one whose tags merge
 API_PORTS = {"demo": 8100, "demo-qwen3": 8200}
 
 
+class PairServers:
+    """One pair's servers at a time, each started once: switching stops the other pair's first."""
+
+    def __init__(self) -> None:
+        self.up: str | None = None
+
+    def ensure(self, pair: str) -> None:
+        if self.up == pair:
+            return
+        if self.up is not None:
+            cli("stop", "--all")
+        started = cli("serve", "--profile", pair, "--only", SERVED[pair], "--detach", timeout=1200)
+        assert started.code == 0, started.err
+        self.up = pair
+
+
 @pytest.fixture(scope="session")
-def qwen3_servers() -> Iterator[None]:
-    """The demo-qwen3 servers (small, big, annotator), started once when a test first needs them."""
-    started = cli("serve", "--profile", "demo-qwen3", "--only", "small,big,annotator", "--detach", timeout=1200)
-    assert started.code == 0, started.err
-    yield
+def pair_servers() -> Iterator[PairServers]:
+    servers = PairServers()
+    yield servers
     cli("stop", "--all")
 
 
+@pytest.fixture
+def demo_servers(request: pytest.FixtureRequest, pair_servers: PairServers) -> None:
+    """The servers of the test's pair (the demo pair unless it takes `pair`), healthy."""
+    pair_servers.ensure(_pair_of(request.node))
+
+
 @pytest.fixture(params=PAIRS)
-def pair(request: pytest.FixtureRequest) -> str:
+def pair(request: pytest.FixtureRequest, pair_servers: PairServers) -> str:
     """A demo pair's profile name, its servers running: tests that take it run on both pairs."""
-    request.getfixturevalue("demo_servers" if request.param == "demo" else "qwen3_servers")
+    pair_servers.ensure(str(request.param))
     return str(request.param)
 
 

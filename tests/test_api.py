@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import API_PORTS, DEMO_QUESTION, cli
+from conftest import API_PORTS, DEMO_QUESTION, PairServers, cli
 from openai import AsyncOpenAI, OpenAI
 
 from splitcli import demo
@@ -28,8 +28,9 @@ API = "http://127.0.0.1:8100"
 
 
 @pytest.fixture(scope="module")
-def api() -> Iterator[str]:
+def api(pair_servers: PairServers) -> Iterator[str]:
     """The API as `splitreason serve --api` starts it: a managed server beside the running pair."""
+    pair_servers.ensure("demo")
     started = cli("serve", "--profile", "demo", "--only", "small,big,spec", "--api", "--detach", timeout=300)
     assert started.code == 0, started.err
     yield API
