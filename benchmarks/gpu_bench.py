@@ -68,23 +68,18 @@ def root() -> Path:
 
 
 def profile_file(out: Path) -> Path:
-    """small + big on GPU 0 (CUDA graphs), big's spec server drafted by the small model."""
+    """small + big on GPU 0 (CUDA graphs), big's spec server drafted by the small model; memory
+    shares as measured for each pair's shapes."""
     models = root()
     path = out / "gpu-pair.yaml"
-    if PAIR == "qwen3":  # memory shares as measured for these shapes (both serve with CUDA graphs)
-        path.write_text(f"""description: random-weight Qwen3 1.7B + 8B shapes, the real Qwen3 tokenizer, one GPU, CUDA graphs
-small: {{model: {models / 'small'}, served_name: small, port: 8301, gpus: [0], gpu_memory: 0.16,
+    described, small_share, big_share = {
+        "qwen3": ("random-weight Qwen3 1.7B + 8B shapes, the real Qwen3 tokenizer, one GPU, CUDA graphs", 0.16, 0.42),
+        "r1": ("random-weight R1-Distill-Qwen 1.5B + 7B shapes on one GPU, CUDA graphs", 0.08, 0.25),
+    }[PAIR]
+    path.write_text(f"""description: {described}
+small: {{model: {models / 'small'}, served_name: small, port: 8301, gpus: [0], gpu_memory: {small_share},
         max_model_len: 20480, dtype: bfloat16, extra_args: [--prefix-caching-hash-algo, xxhash]}}
-big: {{model: {models / 'big'}, served_name: big, port: 8302, gpus: [0], gpu_memory: 0.42,
-      max_model_len: 20480, dtype: bfloat16,
-      speculative: {{method: draft_model, num_speculative_tokens: 5, port: 8312}}}}
-sampling: {{temperature: 0.0, max_tokens: 20480, seed: 0}}
-""")
-        return path
-    path.write_text(f"""description: random-weight R1-Distill-Qwen 1.5B + 7B shapes on one GPU, CUDA graphs
-small: {{model: {models / 'small'}, served_name: small, port: 8301, gpus: [0], gpu_memory: 0.08,
-        max_model_len: 20480, dtype: bfloat16, extra_args: [--prefix-caching-hash-algo, xxhash]}}
-big: {{model: {models / 'big'}, served_name: big, port: 8302, gpus: [0], gpu_memory: 0.25,
+big: {{model: {models / 'big'}, served_name: big, port: 8302, gpus: [0], gpu_memory: {big_share},
       max_model_len: 20480, dtype: bfloat16,
       speculative: {{method: draft_model, num_speculative_tokens: 5, port: 8312}}}}
 sampling: {{temperature: 0.0, max_tokens: 20480, seed: 0}}
