@@ -90,9 +90,9 @@ def _trace_line(**changes: object) -> str:
     (['"hello"'], "line 1: not a splitreason trace: a trace is a JSON object, this line holds a str"),
     (["{not json"], "line 1: not JSON (give a JSONL file written by `splitreason run --save`)"),
     (["", _trace_line(version=7)], "line 2: not a splitreason trace: trace version 7 is not supported: splitreason "
-                                   f"{__version__} reads versions 1, 2 (use the splitreason that wrote it)"),
+                                   f"{__version__} reads versions 1, 2, 3 (use the splitreason that wrote it)"),
     ([_trace_line(colour="red")], "line 1: not a splitreason trace: unknown field 'colour' (written by a newer "
-                                  f"splitreason? this is splitreason {__version__}, trace version 2)"),
+                                  f"splitreason? this is splitreason {__version__}, trace version 3)"),
     ([_trace_line(wall_seconds="slow")], "line 1: not a splitreason trace: wall_seconds: Input should be a valid "
                                          "number, unable to parse string as a number"),
 ])
