@@ -57,7 +57,7 @@ def test_json_schema() -> None:
     trace = cli("run", DEMO_QUESTION, "--json").json()
     assert set(trace) >= {"version", "question", "mode", "profile", "models", "options", "sampling", "handoff",  # type: ignore[arg-type]
                           "segments", "calls", "wall_seconds", "error", "stats"}
-    assert trace["version"] == 2 and trace["mode"] == "splitreason"  # type: ignore[index]
+    assert trace["version"] == 3 and trace["mode"] == "splitreason"  # type: ignore[index]
     assert trace["options"] == {"chunk": 64, "probe_tokens": 8, "big_segment_cap": 512, "probe_stride": 1,  # type: ignore[index]
                                 "probe_route": True}
     segment = trace["segments"][0]  # type: ignore[index]
