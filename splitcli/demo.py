@@ -235,17 +235,27 @@ def _train_model(tokenizer: Any, role: str, examples: list[tuple[list[int], list
     # Only completions are learned: the question itself is not predictable, the answer to it is.
     labels = torch.tensor([[-100] * start + seq[start:] + [-100] * fill for seq, start, fill in rows])
     mask = torch.tensor([[1] * len(seq) + [0] * fill for seq, _, fill in rows])
+    _fit(model, input_ids, mask, labels, max_steps, stop_below=0.003)
+    model.eval()
+    return model
+
+
+def _fit(model: Any, input_ids: Any, mask: Any, labels: Any, max_steps: int, stop_below: float,
+         before_step: Any = None) -> None:
+    """AdamW on the learned positions until the loss is under `stop_below` (memorised) or `max_steps`."""
+    import torch
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
     for _ in range(max_steps):
+        if before_step is not None:
+            before_step()
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if loss.item() < 0.003:
+        if loss.item() < stop_below:
             break
-    model.eval()
-    return model
 
 
 def _check_memorised(model: Any, examples: list[tuple[list[int], list[int]]], role: str) -> None:
@@ -376,17 +386,12 @@ def _train_sparse(config: Any, examples: list[tuple[list[int], list[int]]], max_
     labels = torch.tensor([[-100] * start + seq[start:] + [-100] * fill for seq, start, fill in rows])
     mask = torch.tensor([[1] * len(seq) + [0] * fill for seq, _, fill in rows])
     embeddings = compact.get_input_embeddings().weight
-    optimizer = torch.optim.AdamW(compact.parameters(), lr=3e-3, weight_decay=0.0)
-    compact.train()
-    for _ in range(max_steps):
+
+    def keep_other_at_zero() -> None:
         with torch.no_grad():
             embeddings[other] = 0
-        loss = compact(input_ids=input_ids, attention_mask=mask, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if loss.item() < 0.002:
-            break
+
+    _fit(compact, input_ids, mask, labels, max_steps, stop_below=0.002, before_step=keep_other_at_zero)
     full = Qwen3ForCausalLM(config)
     state = compact.state_dict()
     table = torch.zeros(config.vocab_size, config.hidden_size)
