@@ -325,9 +325,14 @@ class EngineClient:
         once per command either way, since the way round costs more; returns why, for the trace."""
         from splitcli import console
 
-        missing = response.status_code in (404, 405)
-        why = (f"the {self.role} server at {url} has no {route} route (not started by splitreason)" if missing
-               else f"the {route} route of the {self.role} server at {url} failed ({_error_message(response)})")
+        status = response.status_code
+        missing = status in (404, 405, 501)  # for the rest of the command; 501: our route, on a vLLM that cannot serve it
+        if status in (404, 405):
+            why = f"the {self.role} server at {url} has no {route} route (not started by splitreason)"
+        elif status == 501:
+            why = f"the {route} route of the {self.role} server at {url} cannot serve: {_error_message(response)}"
+        else:
+            why = f"the {route} route of the {self.role} server at {url} failed ({_error_message(response)})"
         if missing:
             self._info[key] = False
             self._info[f"{key}_why"] = why

@@ -60,6 +60,9 @@ class ContinuationsRoute:
                 await _stream_append(engine, request, receive, send)
                 return
             if path == LIVE_PATH and request.get("op") == "open":
+                if (why := live_unsupported()) is not None:
+                    await _send_json(send, 501, {"error": {"message": why, "code": 501}})
+                    return
                 await _open_while_connected(engine, request, receive, send)
                 return
             status, answer = 200, await (continuations(engine, request) if path == PATH else live(engine, request))
@@ -328,6 +331,34 @@ class Live:
             await outputs.aclose()
         except RuntimeError:
             await self.engine.abort(self.id)
+
+
+def live_unsupported() -> str | None:
+    """Why this vLLM cannot serve live requests, or None (asked once per server process)."""
+    try:
+        from vllm.v1.core.sched.scheduler import Scheduler
+    except ImportError:
+        return "this vLLM has no streaming input"
+    return _live_unsupported(getattr(Scheduler, "_update_request_as_session", None))
+
+
+@functools.cache
+def _live_unsupported(update: Callable[..., Any] | None) -> str | None:
+    """vLLM 0.24's scheduler takes a new input's sampling parameters but keeps the request's first
+    max_tokens (the open's 1), so every handoff would write one token and hand back; later versions
+    set it from the new input too (`Scheduler._update_request_as_session`)."""
+    if update is None:
+        return "this vLLM has no streaming input"
+    try:
+        source = inspect.getsource(update)
+    except (OSError, TypeError):
+        return None  # cannot tell: the append's own check below still catches a short answer
+    if "max_tokens" not in source:
+        from vllm import __version__
+
+        return (f"vLLM {__version__} keeps a live request's first max_tokens when more input comes "
+                "(each handoff would write one token); live handoffs need a later vLLM")
+    return None
 
 
 async def _until_none(queue: asyncio.Queue[Any]) -> Any:

@@ -145,3 +145,20 @@ def test_the_cut_after_the_big_models_own_text_is_the_same_for_any_chunking() ->
     # Whitespace of the small model's own: the next prefix decides, as before.
     assert CutFinder().feed([CloseProbe(True, " "), CloseProbe(False)], "ab") == Cut(1, " ")
     assert CutFinder().feed([CloseProbe(True, " "), CloseProbe(True, "")], "ab") == Cut(2)
+
+
+def test_live_requests_are_refused_on_a_vllm_that_keeps_the_first_max_tokens() -> None:
+    """vLLM 0.24 takes an appended input's sampling parameters but not its max_tokens: each live
+    handoff would write one token. The route says so (501) instead of serving such handoffs."""
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    from splitcli.engine_route import _live_unsupported
+
+    def update_as_in_vllm_0_24(session: Any, update: Any) -> None:
+        session.sampling_params = update.sampling_params
+
+    why = _live_unsupported(update_as_in_vllm_0_24)
+    assert why is not None and why.endswith("keeps a live request's first max_tokens when more input comes "
+                                            "(each handoff would write one token); live handoffs need a later vLLM")
+    assert _live_unsupported(None) == "this vLLM has no streaming input"
+    assert _live_unsupported(Scheduler._update_request_as_session) is None  # the vLLM the tests run: it does

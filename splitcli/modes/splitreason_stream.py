@@ -33,8 +33,8 @@ class StreamOptions(ProbeOptions):
     # 1.7x slower (benchmarks/results/modes.json).
     warm_every: int = Field(0, ge=0, description="tokens between warm-ups of the idle model (0: none)")
     live_handoff: bool = Field(False, description="keep the big model's warm-up alive in its engine, so that the "
-                                                  "handoff sends only the tokens since (our servers, vLLM >= 0.24; "
-                                                  "needs warm_every)")
+                                                  "handoff sends only the tokens since (our servers, on a vLLM "
+                                                  "after 0.24, which kept the first max_tokens; needs warm_every)")
 
     @field_validator("live_handoff")
     @classmethod
