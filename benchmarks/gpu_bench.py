@@ -10,6 +10,7 @@ splitcli/assets/qwen3); `r1`, the R1-Distill-Qwen 1.5B and 7B shapes with the de
     python benchmarks/gpu_bench.py WORK probe     # probe cost per big chunk at 1k..16k: before and after
     python benchmarks/gpu_bench.py WORK handoff   # time to the other model's first token, cold and warm
     python benchmarks/gpu_bench.py WORK e2e [4096 16384] [MODE,...]  # forced ~5%-offload traces, seven rows, vs ideal
+    python benchmarks/gpu_bench.py WORK throughput [1 8 32 64] [MODE,...]  # C samples in flight, as eval runs them
     python benchmarks/gpu_bench.py WORK e2e-spec [2048]    # spec-decoding (starts its server; slow: see below)
     python benchmarks/gpu_bench.py WORK session [small big]  # handoff to a live request (vLLM streaming input) vs a new one
     python benchmarks/gpu_bench.py WORK lifecycle # a foreign process, kill-gpus, stop
@@ -380,17 +381,13 @@ async def _first_live_token(client: Any, live: Any, tokens: list[int]) -> float:
     return first[0] - started
 
 
-def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitreason-stream", "bench-splitreason-stream-warm",
-                                                                  "bench-splitreason-stream-live", "bench-splitreason",
-                                                                  "big-only", "random-switch", "small-only"),
-        name: str = "e2e") -> dict[str, Any]:
-    """Forced ~5%-offload traces in each mode on the same servers, next to the ideal time. Rows are
-    written as they come (WORK/NAME-rows.jsonl, and $OUT) so that a call cut short keeps them."""
+def forced_modes() -> list[str]:
+    """Register the test-only forced modes (a tag every FORCED_EVERY small tokens, big segments of 51)
+    and return the --set knobs that configure them and random-switch for ~5% offload."""
     from splitcli.modes import register
     from splitcli.modes.splitreason import SplitReason
     from splitcli.modes.splitreason_stream import SplitReasonStream
-    from splitcli.profiles import load_profile
-    from splitcli.session import Session, run_question
+    from splitcli.session import Session
     from splitcli.trace import Trace
 
     every = FORCED_EVERY
@@ -414,11 +411,24 @@ def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitrea
     register(type("ForcedStream", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream"}))
     register(type("ForcedStreamLive", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream-live"}))
     register(type("ForcedStreamWarm", (forcing(SplitReasonStream),), {"name": "bench-splitreason-stream-warm"}))
-    knobs = ["modes.bench-splitreason.big_segment_cap=51", "modes.bench-splitreason-stream.big_segment_cap=51",
-             "modes.bench-splitreason-stream-live.big_segment_cap=51",
-             "modes.bench-splitreason-stream-live.warm_every=128", "modes.bench-splitreason-stream-live.live_handoff=true",
-             "modes.bench-splitreason-stream-warm.big_segment_cap=51", "modes.bench-splitreason-stream-warm.warm_every=128",
-             "modes.random-switch.ratio=19", "modes.random-switch.chunk=32", "modes.random-switch.seed=0"]
+    return ["modes.bench-splitreason.big_segment_cap=51", "modes.bench-splitreason-stream.big_segment_cap=51",
+            "modes.bench-splitreason-stream-live.big_segment_cap=51",
+            "modes.bench-splitreason-stream-live.warm_every=128", "modes.bench-splitreason-stream-live.live_handoff=true",
+            "modes.bench-splitreason-stream-warm.big_segment_cap=51", "modes.bench-splitreason-stream-warm.warm_every=128",
+            "modes.random-switch.ratio=19", "modes.random-switch.chunk=32", "modes.random-switch.seed=0"]
+
+
+def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitreason-stream", "bench-splitreason-stream-warm",
+                                                                  "bench-splitreason-stream-live", "bench-splitreason",
+                                                                  "big-only", "random-switch", "small-only"),
+        name: str = "e2e") -> dict[str, Any]:
+    """Forced ~5%-offload traces in each mode on the same servers, next to the ideal time. Rows are
+    written as they come (WORK/NAME-rows.jsonl, and $OUT) so that a call cut short keeps them."""
+    from splitcli.profiles import load_profile
+    from splitcli.session import run_question
+
+    every = FORCED_EVERY
+    knobs = forced_modes()
     rates = json.loads((out / "decode.json").read_text()) if (out / "decode.json").exists() else None
     results = []
     sinks = [out / f"{name}-rows.jsonl", *([Path(os.environ["OUT"]) / f"{name}-rows.jsonl"] if os.environ.get("OUT") else [])]
@@ -445,6 +455,97 @@ def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitrea
                 with sink.open("a") as rows_file:
                     rows_file.write(json.dumps(row) + "\n")
     return {"every": every, "cap": 51, "rows": same_run_ideal(results)}
+
+
+THROUGHPUT_MODES = ("small-only", "big-only", "bench-splitreason-stream", "bench-splitreason")
+
+
+def _engine_counters(url: str) -> dict[str, float]:
+    """vLLM's prefix-cache and preemption counters (summed over labels) from its /metrics."""
+    import httpx
+
+    wanted = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:num_preemptions",
+              "vllm:request_queue_time_seconds_sum", "vllm:request_queue_time_seconds_count")
+    counters: dict[str, float] = dict.fromkeys(wanted, 0.0)
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        name = line.split("{")[0].split(" ")[0].removesuffix("_total")
+        if name in counters and not line.startswith("#"):
+            counters[name] += float(line.rsplit(" ", 1)[1])
+    return counters
+
+
+def _counter_change(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    change = {name.removeprefix("vllm:"): round(after[name] - before[name], 3) for name in before}
+    queries = change["prefix_cache_queries"]
+    change["prefix_cache_hit_rate"] = round(change["prefix_cache_hits"] / queries, 4) if queries else None
+    count, waited = change.pop("request_queue_time_seconds_count"), change.pop("request_queue_time_seconds_sum")
+    change["mean_queue_s"] = round(waited / count, 4) if count else None
+    return change
+
+
+async def _in_flight(profile: Any, mode: str, level: int) -> tuple[float, list[Any]]:
+    """`level` samples of `mode` at once over one pool per model: the wall time and their traces."""
+    from splitcli.modes import get_mode
+    from splitcli.session import close_clients, open_clients, run_question
+
+    clients = open_clients(profile, get_mode(mode).server_keys(), max_connections=max(64, level * 4))
+    try:
+        started = time.perf_counter()
+        traces = await asyncio.gather(*(run_question(profile, f"Say something long, sample {index}.", mode,
+                                                     clients=clients) for index in range(level)))
+        return time.perf_counter() - started, list(traces)
+    finally:
+        await close_clients(clients)
+
+
+def throughput(out: Path, levels: list[int], length: int = 4096,
+               modes: tuple[str, ...] = THROUGHPUT_MODES) -> dict[str, Any]:
+    """C samples in flight over one pool per model, exactly as `evals/runner.run_samples` runs an
+    eval, each sample its own question (no shared prefix past the prompt): tokens/s summed over all
+    samples per mode, the ideal from the same C's small-only and big-only rates, and vLLM's
+    prefix-cache and queueing counters over each run."""
+    from splitcli.profiles import load_profile
+
+    knobs = forced_modes()
+    rows = []
+    sinks = [out / "throughput-rows.jsonl",
+             *([Path(os.environ["OUT"]) / "throughput-rows.jsonl"] if os.environ.get("OUT") else [])]
+    urls = {name: value.split("|")[1] for name, value in SERVERS.items()}
+    for level in levels:
+        for mode in modes:
+            profile = load_profile(str(out / "gpu-pair.yaml"), [*knobs, f"sampling.max_tokens={length}"])
+
+            before = {name: _engine_counters(url) for name, url in urls.items()}
+            wall, traces = asyncio.run(_in_flight(profile, mode, level))
+            after = {name: _engine_counters(url) for name, url in urls.items()}
+            stats = [trace.stats() for trace in traces]
+            tokens = {model: sum(s["tokens"][model] for s in stats) for model in ("small", "big")}
+            probe_calls: dict[str, int] = {}
+            for s in stats:
+                for path, count in s["probe_calls"].items():
+                    probe_calls[path] = probe_calls.get(path, 0) + count
+            row = {"concurrency": level, "mode": mode, "length": length, "wall_s": round(wall, 3),
+                   "errors": [t.error for t in traces if t.error][:3], "tokens": tokens,
+                   "tokens_per_s": round(sum(tokens.values()) / wall, 1),
+                   "offload": round(tokens["big"] / max(1, sum(tokens.values())), 4),
+                   "probe_s": round(sum(call.seconds for t in traces for call in t.calls if call.kind == "probe"), 2),
+                   "big_generate_s": round(sum(s["generate_seconds"]["big"] for s in stats), 2),
+                   "handoffs": sum(s["handoffs"] for s in stats), "probe_calls": probe_calls,
+                   "engine": {name: _counter_change(before[name], after[name]) for name in urls}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            for sink in sinks:
+                with sink.open("a") as rows_file:
+                    rows_file.write(json.dumps(row) + "\n")
+    for row in rows:  # the ideal: the two models time-sharing the GPU at this C's single-model rates
+        alone = {model: next((r for r in rows if r["concurrency"] == row["concurrency"] and r["mode"] == f"{model}-only"),
+                             None) for model in ("small", "big")}
+        if all(alone.values()):
+            ideal = sum(row["tokens"][model] / alone[model]["tokens_per_s"] for model in ("small", "big"))
+            row["ideal_s"] = round(ideal, 3)
+            row["vs_ideal"] = round(row["wall_s"] / ideal, 3)
+            row["vs_big_only"] = round(row["tokens_per_s"] / alone["big"]["tokens_per_s"], 3)
+    return {"every": FORCED_EVERY, "cap": 51, "rows": rows}
 
 
 def _handoffs_by_receiver(costs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -633,6 +734,10 @@ def main() -> None:
         started = cli("serve", "--profile", str(out / "gpu-pair.yaml"), "--only", "spec", "--detach")
         result = {"serve_spec": started, **e2e(out, [int(arg) for arg in sys.argv[3:]] or [2048], ("spec-decoding",),
                                                 "e2e-spec")}
+    elif phase == "throughput":  # throughput [C...] [MODE,MODE,...]: C samples in flight, 4096 tokens each
+        levels = [int(arg) for arg in sys.argv[3:] if arg.isdigit()] or [1, 8, 32, 64]
+        chosen = [arg for arg in sys.argv[3:] if not arg.isdigit()]
+        result = throughput(out, levels, modes=tuple(chosen[0].split(",")) if chosen else THROUGHPUT_MODES)
     elif phase == "session":
         result = session_handoffs(out, sys.argv[3:] or ["small", "big"])
     elif phase == "lifecycle":
