@@ -3,8 +3,11 @@
 
 Every request is its own Session over shared connection pools, run by the same `run_question` as
 `splitreason run`. The model id picks the mode (`splitreason` is the profile's mode,
-`splitreason/MODE` any other); the thinking goes in `reasoning_content`, the answer in `content`, and
-streamed deltas say which model wrote them (`splitreason_model`). At most `api.max_in_flight`
+`splitreason/MODE` any other); the thinking goes in `reasoning` and, for clients that read vLLM's
+older name, `reasoning_content`; the answer in `content`; streamed deltas say which model wrote them
+(`delta.splitreason_model`). A conversation is the prompt: earlier turns through each model's chat
+template (their thinking dropped), the hint in the last user turn, a final assistant message
+continued. Stop strings end the answer, never the thinking. At most `api.max_in_flight`
 sessions run at once; up to `api.max_queue` more wait; beyond that, 429 with Retry-After. A client
 that disconnects cancels its Session, which aborts its requests on the vLLM servers.
 
@@ -29,6 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from splitcli import __version__, servers
 from splitcli.engine import EngineClient
@@ -64,6 +68,25 @@ class _Request(BaseModel):
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop or [] if s]
 
+    def refuse_unsupported(self) -> None:
+        """A parameter we cannot honour is an error, not a 200 that ignores it."""
+        extra = self.model_extra or {}
+        given = [name for name in UNSUPPORTED if name in extra and not _harmless(name, extra[name])]
+        if given:
+            raise ApiError(400, f"{given[0]}: not supported by splitreason (unsupported here: {', '.join(given)})",
+                           "invalid_request_error", given[0])
+
+
+def _harmless(name: str, value: Any) -> bool:
+    """An unsupported parameter sent with its 'off' value, as many clients do."""
+    return value in (None, False, [], {}) or (name == "tool_choice" and value == "none") \
+        or (name == "response_format" and value == {"type": "text"}) or (name == "best_of" and value == 1)
+
+
+# OpenAI parameters that change what comes back, which a composed reasoning pair does not do.
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs",
+               "top_logprobs", "logit_bias", "echo", "best_of", "suffix", "audio", "modalities", "prediction")
+
 
 class ChatRequest(_Request):
     messages: list[dict[str, Any]] = Field(min_length=1)
@@ -78,6 +101,38 @@ def _content(message: dict[str, Any]) -> str:
     if isinstance(content, list):  # content parts: the text ones
         return "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return str(content or "")
+
+
+@dataclass
+class Conversation:
+    question: str  # the last user turn's text
+    before: list[dict[str, str]]  # the turns before it
+    prefill: str  # a final assistant message: the answer's start
+
+
+def conversation(messages: list[dict[str, Any]]) -> Conversation:
+    """The prompt a chat request makes. Earlier assistant turns keep their answer only (R1's and
+    Qwen3's templates drop the thinking of earlier turns too); a last assistant turn is continued."""
+    roles = [message.get("role") for message in messages]
+    for index, role in enumerate(roles):
+        if role not in ("system", "developer", "user", "assistant"):
+            raise ApiError(400, f"messages[{index}].role: {role!r} is not supported (use system, user or assistant)",
+                           "invalid_request_error", f"messages.{index}.role")
+    if "user" not in roles:
+        raise ApiError(400, "messages: no user message (the last user message is the question)",
+                       "invalid_request_error", "messages")
+    last = len(roles) - 1 - roles[::-1].index("user")
+    after = messages[last + 1:]
+    if len(after) > 1:
+        raise ApiError(400, "messages: after the last user message only one assistant message (the answer's start) "
+                            "may follow", "invalid_request_error", "messages")
+    before = []
+    for message in messages[:last]:
+        role, text = str(message["role"]), _content(message)
+        if role == "assistant":
+            text = text.split(THINK_END, 1)[-1].lstrip("\n")
+        before.append({"role": "system" if role == "developer" else role, "content": text})
+    return Conversation(_content(messages[last]), before, _content(after[0]) if after else "")
 
 
 # ---------------------------------------------------------------- errors in OpenAI's shape
@@ -112,11 +167,13 @@ def _engine_error(exc: SplitError, model: str) -> ApiError:
 class ThinkSplit:
     """Turns the answer's text, piece by piece, into (reasoning, content) deltas: before the first
     </think> is reasoning (the tag itself is dropped), after it the answer. A piece of a possible
-    tag or stop string is held back until it is certain; a stop string ends the text."""
+    tag or stop string is held back until it is certain; a stop string in the answer ends the text
+    (in the thinking it is text: a real model's thinking is full of lm-eval's "\n\n")."""
 
-    def __init__(self, stops: list[str], think: bool = True) -> None:
+    def __init__(self, stops: list[str], thinking: bool = True, keep_tag: bool = False) -> None:
         self.stops = stops
-        self.in_answer = not think  # completions have no reasoning field: all of it is text
+        self.keep_tag = keep_tag  # completions: one text, the tag in it
+        self.in_answer = not thinking  # the text starts in the answer (a prefill that closed the thinking)
         self.answered = False  # some answer text went out (the newlines after </think> do not count)
         self.after_think = False
         self.held = ""
@@ -129,25 +186,28 @@ class ThinkSplit:
         self.held += text
         out: list[tuple[str, str]] = []
         while True:
-            cut, _ = _first(self.held, self.stops)
             end = -1 if self.in_answer else self.held.find(THINK_END)
-            if cut >= 0 and (end < 0 or cut <= end):
+            if end >= 0:
+                self._emit(out, self.held[:end + (len(THINK_END) if self.keep_tag else 0)])
+                self.held, self.in_answer, self.after_think = self.held[end + len(THINK_END):], True, True
+                continue
+            # The thinking is never cut, nor the newlines that follow </think> (lm-eval stops at "\n\n").
+            lead = len(self.held) - len(self.held.lstrip("\n")) if self.after_think and not self.answered else 0
+            cut, _ = _first(self.held[lead:], self.stops) if self.in_answer else (-1, "")
+            if cut >= 0:
+                cut += lead
                 self._emit(out, self.held[:cut])
                 self.held, self.stopped = "", True
                 return out
-            if end >= 0:
-                self._emit(out, self.held[:end])
-                self.held, self.in_answer, self.after_think = self.held[end + len(THINK_END):], True, True
-                continue
-            keep = 0 if final else _partial_suffix(self.held, [*self.stops, *([] if self.in_answer else [THINK_END])])
+            keep = 0 if final else _partial_suffix(self.held, self.stops if self.in_answer else [THINK_END])
             self._emit(out, self.held[: len(self.held) - keep])
             self.held = self.held[len(self.held) - keep:]
             return out
 
     def _emit(self, out: list[tuple[str, str]], text: str) -> None:
         if self.in_answer and not self.answered and self.after_think:
-            text = text.lstrip("\n")
-            self.answered = bool(text)
+            text = text if self.keep_tag else text.lstrip("\n")
+            self.answered = bool(text.strip("\n"))
         if text:
             out.append(("content" if self.in_answer else "reasoning", text))
 
@@ -168,9 +228,9 @@ def _partial_suffix(text: str, needles: list[str]) -> int:
     return longest
 
 
-def split_answer(text: str, stops: list[str]) -> tuple[str | None, str, bool]:
+def split_answer(text: str, stops: list[str], thinking: bool = True) -> tuple[str | None, str, bool]:
     """(reasoning, content, stopped) of a whole text."""
-    splitter = ThinkSplit(stops)
+    splitter = ThinkSplit(stops, thinking)
     parts = splitter.feed(text, final=True)
     reasoning = "".join(t for kind, t in parts if kind == "reasoning")
     content = "".join(t for kind, t in parts if kind == "content")
@@ -265,15 +325,16 @@ class Service:
             update["seed"] = request.seed + index
         return self.profile.sampling.model_copy(update={k: v for k, v in update.items() if v is not None})
 
-    async def run(self, question: str, mode_name: str, request: _Request, index: int,
+    async def run(self, asked: Conversation, mode_name: str, request: _Request, index: int,
                   watch: Callable[[Trace], None] | None = None) -> Trace:
         if self.log_prompts:
-            log.info("question (%s): %r", mode_name, question[:2000])
-        if not question.strip():
+            log.info("question (%s, %d turns before): %r", mode_name, len(asked.before), asked.question[:2000])
+        if not asked.question.strip():
             raise ApiError(400, "the prompt is empty", "invalid_request_error", "messages")
         try:
-            trace = await run_question(self.profile, question, mode_name, clients=self.clients(mode_name),
-                                       sampling=self.sampling(request, index), watch=watch, partial_on_error=False)
+            trace = await run_question(self.profile, asked.question, mode_name, clients=self.clients(mode_name),
+                                       sampling=self.sampling(request, index), watch=watch, partial_on_error=False,
+                                       conversation=asked.before, prefill=asked.prefill)
         except SplitError as exc:
             raise _engine_error(exc, request.model) from None
         self.counters.finished += 1
@@ -314,6 +375,12 @@ def create_app(profile: Profile, max_in_flight: int = 8, max_queue: int = 64, ap
         service.counters.by_status[str(exc.status)] = service.counters.by_status.get(str(exc.status), 0) + 1
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Any:  # unknown paths, wrong methods
+        message = (f"no such route: {request.method} {request.url.path} (see /v1/models, /v1/chat/completions, "
+                   "/v1/completions)" if exc.status_code in (404, 405) else str(exc.detail))
+        return await api_error(request, ApiError(exc.status_code, message, "invalid_request_error"))
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Any:
         first = exc.errors()[0]
@@ -334,21 +401,26 @@ def create_app(profile: Profile, max_in_flight: int = 8, max_queue: int = 64, ap
     async def stats() -> dict[str, Any]:
         return vars(state["service"].counters)
 
+    def model_card(model_id: str, mode_name: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "splitreason",
+                "description": get_mode(mode_name).summary}
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card(model_id, name) for model_id, name in state["service"].modes.items()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
         service = state["service"]
-        return {"object": "list", "data": [
-            {"id": model_id, "object": "model", "created": 0, "owned_by": "splitreason",
-             "description": get_mode(name).summary} for model_id, name in service.modes.items()]}
+        if model_id not in service.modes:
+            raise ApiError(404, f"The model {model_id!r} does not exist (GET /v1/models lists them)",
+                           "invalid_request_error", "model")
+        return model_card(model_id, service.modes[model_id])
 
     @app.post("/v1/chat/completions")
     async def chat(raw: Request) -> Any:
         request = _parse(ChatRequest, await _json(raw))
-        users = [m for m in request.messages if m.get("role") == "user"]
-        if not users:
-            raise ApiError(400, "messages: no user message (the last user message is the question)",
-                           "invalid_request_error", "messages")
-        return await _answer(state["service"], request, _content(users[-1]), chat=True)
+        return await _answer(state["service"], request, conversation(request.messages), chat=True)
 
     @app.post("/v1/completions")
     async def complete(raw: Request) -> Any:
@@ -357,10 +429,11 @@ def create_app(profile: Profile, max_in_flight: int = 8, max_queue: int = 64, ap
         if len(prompts) != 1:
             raise ApiError(400, "prompt: send one prompt per request (use n for several samples)",
                            "invalid_request_error", "prompt")
-        return await _answer(state["service"], request, prompts[0], chat=False)
+        return await _answer(state["service"], request, Conversation(prompts[0], [], ""), chat=False)
 
-    async def _answer(service: Service, request: _Request, question: str, chat: bool) -> Any:
+    async def _answer(service: Service, request: _Request, asked: Conversation, chat: bool) -> Any:
         service.counters.requests += 1
+        request.refuse_unsupported()
         mode_name = service.mode(request.model)
         if request.stream:
             if request.n != 1:
@@ -368,15 +441,15 @@ def create_app(profile: Profile, max_in_flight: int = 8, max_queue: int = 64, ap
             if service.gate.locked() and service.counters.waiting >= service.max_queue:
                 async with service.slot():  # raises the 429 now, before the stream starts
                     pass
-            return StreamingResponse(_stream(service, request, question, mode_name, chat),
+            return StreamingResponse(_stream(service, request, asked, mode_name, chat),
                                      media_type="text/event-stream")
 
         async def one(index: int) -> Trace:
             async with service.slot():
-                return await service.run(question, mode_name, request, index)
+                return await service.run(asked, mode_name, request, index)
 
         traces = await asyncio.gather(*(one(i) for i in range(request.n)))
-        return _response(request, traces, chat)
+        return _response(request, traces, chat, thinking=THINK_END not in asked.prefill)
 
     return app
 
@@ -410,47 +483,54 @@ def _finish_reason(trace: Trace, stopped: bool) -> str:
     return "stop" if last in ("eos", "stop", "handback") else "length"
 
 
-def _response(request: _Request, traces: list[Trace], chat: bool) -> dict[str, Any]:
+def _response(request: _Request, traces: list[Trace], chat: bool, thinking: bool = True) -> dict[str, Any]:
     created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     choices = []
     for index, trace in enumerate(traces):
-        reasoning, content, stopped = split_answer(trace.text, request.stops)
         if chat:
-            message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
+            reasoning, content, stopped = split_answer(trace.text, request.stops, thinking)
+            # vLLM renamed reasoning_content to reasoning, then dropped the old name: clients read either.
+            message = {"role": "assistant", "content": content, "reasoning": reasoning, "reasoning_content": reasoning}
             choices.append({"index": index, "message": message, "finish_reason": _finish_reason(trace, stopped)})
         else:
-            text = trace.text
-            if stopped:
-                text = text[: min(text.find(s) for s in request.stops if s in text)]
-            choices.append({"index": index, "text": text, "finish_reason": _finish_reason(trace, stopped),
+            splitter = ThinkSplit(request.stops, keep_tag=True)
+            text = "".join(piece for _, piece in splitter.feed(trace.text, final=True))
+            choices.append({"index": index, "text": text, "finish_reason": _finish_reason(trace, splitter.stopped),
                             "logprobs": None})
     return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
             "model": request.model, "choices": choices, "usage": usage(traces)}
 
 
-async def _stream(service: Service, request: _Request, question: str, mode_name: str, chat: bool) -> AsyncIterator[str]:
+async def _stream(service: Service, request: _Request, asked: Conversation, mode_name: str,
+                  chat: bool) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with [DONE]. Leaving early (the client
     went away) cancels the session: its requests are aborted on the vLLM servers."""
     created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     kind = "chat.completion.chunk" if chat else "text_completion"
     queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     feed = get_mode(mode_name).feed(lambda model, text: queue.put_nowait((model, text)))
-    splitter = ThinkSplit(request.stops, think=chat)
+    splitter = ThinkSplit(request.stops, thinking=THINK_END not in asked.prefill, keep_tag=not chat)
     result: dict[str, Any] = {}
 
     def chunk(delta: dict[str, Any], model: str | None = None, finish: str | None = None) -> str:
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
         if chat:
-            choice["delta"] = delta
+            # Beside OpenAI's fields of the delta, where a client finds extra ones (`delta.model_extra`).
+            choice["delta"] = {**delta, **({"splitreason_model": model} if model is not None else {})}
         else:
-            choice["text"], choice["logprobs"] = delta.get("content", "") + delta.get("reasoning_content", ""), None
-        if model is not None:
-            choice["splitreason_model"] = model
+            choice["text"], choice["logprobs"] = delta.get("content", ""), None
+            if model is not None:
+                choice["splitreason_model"] = model
         return _event({"id": rid, "object": kind, "created": created, "model": request.model, "choices": [choice]})
+
+    def delta(part: str, piece: str) -> dict[str, Any]:
+        if chat and part == "reasoning":
+            return {"reasoning": piece, "reasoning_content": piece}
+        return {"content": piece}
 
     async def work() -> None:
         async with service.slot():
-            trace = await service.run(question, mode_name, request, 0, watch=lambda t: t.subscribe(feed))
+            trace = await service.run(asked, mode_name, request, 0, watch=lambda t: t.subscribe(feed))
         feed.finish(trace)
         result["trace"] = trace
 
@@ -468,10 +548,7 @@ async def _stream(service: Service, request: _Request, question: str, mode_name:
                 pieces.append(queue.get_nowait())
             for model, text in pieces:
                 for part, piece in splitter.feed(text):
-                    if chat:
-                        yield chunk({"reasoning_content" if part == "reasoning" else "content": piece}, model)
-                    else:
-                        yield chunk({"content": piece}, model)
+                    yield chunk(delta(part, piece), model)
             if splitter.stopped and not task.done():
                 task.cancel()  # a stop string ended the text: stop generating
             if task.done() and queue.empty():
@@ -483,7 +560,7 @@ async def _stream(service: Service, request: _Request, question: str, mode_name:
             yield "data: [DONE]\n\n"
             return
         for part, piece in splitter.feed("", final=True):
-            yield chunk({"reasoning_content" if part == "reasoning" and chat else "content": piece})
+            yield chunk(delta(part, piece))
         trace = result.get("trace")
         yield chunk({}, finish=_finish_reason(trace, splitter.stopped) if trace else "stop")
         if (request.stream_options or {}).get("include_usage") and trace is not None:

@@ -272,13 +272,18 @@ class Session:
 
     async def _prepare_prompt(self, role: Model, with_hint: bool) -> None:
         client = self.clients[role]
-        messages = [{"role": "user", "content": self.tags.user_message(self.trace.question, with_hint)}]
+        messages = [*self.trace.conversation,
+                    {"role": "user", "content": self.tags.user_message(self.trace.question, with_hint)}]
         ids, max_len = await client.tokenize_chat(messages)
         text = await client.detokenize(ids)
         prefix = self.tags.assistant_prefix
         if prefix and not text.endswith(prefix):
             ids += await client.tokenize(prefix)
             text += prefix
+        prefill = self.trace.prefill.removeprefix(prefix) if prefix else self.trace.prefill
+        if prefill:  # the answer's start, given by the caller: the model goes on from it
+            ids += await client.tokenize(prefill)
+            text += prefill
         self.contexts[role] = Context(ids=ids, text=text, prompt_tokens=len(ids), prompt_text=text, max_model_len=max_len)
 
     # ------------------------------------------------------------ budget
@@ -774,10 +779,12 @@ def _reason(result: Completion) -> str | None:
 async def run_question(profile: Profile, question: str, mode_name: str, *, stream: bool = True,
                        watch: Callable[[Trace], None] | None = None,
                        clients: dict[Model, EngineClient] | None = None, sampling: Sampling | None = None,
-                       partial_on_error: bool = True) -> Trace:
+                       partial_on_error: bool = True, conversation: list[dict[str, str]] | None = None,
+                       prefill: str = "") -> Trace:
     """Run one question through a mode; on failure the partial trace comes back with `error` set
     (or, with `partial_on_error=False`, the error is raised). `clients`: shared connection pools
-    (eval, the API); `sampling`: this run's sampling, e.g. a seed."""
+    (eval, the API); `sampling`: this run's sampling, e.g. a seed; `conversation`: the turns before
+    the question; `prefill`: the answer's start, which the models continue."""
     from splitcli.modes import get_mode, mode_options
 
     if not question.strip():
@@ -786,7 +793,8 @@ async def run_question(profile: Profile, question: str, mode_name: str, *, strea
     options = mode_options(profile, mode_name)
     sampling = sampling or profile.sampling
     trace = Trace(
-        question=question.strip(), mode=mode_name, profile=profile.name,
+        question=question.strip(), mode=mode_name, profile=profile.name, conversation=list(conversation or []),
+        prefill=prefill,
         models={role: profile.spec(role).name for role in mode_class.roles},
         options=options.model_dump(), sampling=sampling.model_dump(),
     )

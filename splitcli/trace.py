@@ -20,9 +20,10 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from splitcli.errors import UsageError
 
-TRACE_VERSION = 3
-# Version 1 had no served/kept/dropped fields, version 2 no probe paths: their defaults apply.
-READS_VERSIONS = (1, 2, 3)
+TRACE_VERSION = 4
+# Version 1 had no served/kept/dropped fields, version 2 no probe paths, version 3 no conversation
+# or prefill: their defaults apply.
+READS_VERSIONS = (1, 2, 3, 4)
 Model = Literal["small", "big"]
 MODELS: tuple[Model, Model] = ("small", "big")
 
@@ -92,6 +93,10 @@ class Trace:
     question: str
     mode: str
     profile: str = ""
+    # The turns before the question (system, user, assistant: the API's multi-turn requests), and
+    # the start of the answer the model continues (a final assistant message).
+    conversation: list[dict[str, str]] = field(default_factory=list)
+    prefill: str = ""
     models: dict[str, str] = field(default_factory=dict)
     # What each server really serves: name, root (path or HF id), revision, vLLM version.
     served: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -203,7 +208,16 @@ class Trace:
             "handoff_costs": costs,
             "mean_handoff_latency_s": round(sum(latencies) / len(latencies), 4) if latencies else None,
             "answer": self.answer,
+            "ended_by": self.ended_by(),
         }
+
+    def ended_by(self) -> str:
+        """What ended the run: 'error', 'budget' (the token budget ran out first) or 'model' (it
+        finished: end of text, or a stop)."""
+        if self.error is not None:
+            return "error"
+        last = self.kept_segments[-1].finish_reason if self.kept_segments else None
+        return "budget" if last == "length" else "model"
 
     # -- storage
     def to_dict(self) -> dict[str, Any]:

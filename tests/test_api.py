@@ -5,7 +5,6 @@ requests, an API key, a server that is down, and a full queue."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -97,7 +96,7 @@ def test_chat_with_the_official_client_streamed_and_not(pair_api: str, pair: str
     message = reply.choices[0].message
     assert message.content == "The answer is \\boxed{43}."
     thinking = item.tagged(PromptConfig()).split("</think>")[0]  # demo: "First, 12 * 3 = 36. <bigmodel>Then ..."
-    assert message.model_extra["reasoning_content"] == thinking  # type: ignore[index]
+    assert message.model_extra["reasoning"] == message.model_extra["reasoning_content"] == thinking  # type: ignore[index]
     assert reply.choices[0].finish_reason == "stop"
     usage = reply.usage.model_extra["splitreason"]  # type: ignore[union-attr,index]
     assert reply.usage.completion_tokens == usage["tokens"]["small"] + usage["tokens"]["big"]  # type: ignore[union-attr]
@@ -112,10 +111,12 @@ def test_chat_with_the_official_client_streamed_and_not(pair_api: str, pair: str
             streamed_usage = chunk.usage
             continue
         delta = chunk.choices[0].delta
-        reasoning += delta.model_extra.get("reasoning_content") or ""  # type: ignore[operator]
+        extra = delta.model_extra or {}
+        reasoning += extra.get("reasoning") or ""
+        assert extra.get("reasoning") == extra.get("reasoning_content")  # both names, for either kind of client
         content += delta.content or ""
-        if delta.content or delta.model_extra.get("reasoning_content"):  # type: ignore[union-attr]
-            writers.append(chunk.choices[0].model_extra["splitreason_model"])  # type: ignore[index]
+        if delta.content or extra.get("reasoning"):
+            writers.append(extra["splitreason_model"])  # beside the delta's OpenAI fields, where clients read extras
         finish = chunk.choices[0].finish_reason or finish
     assert content == message.content and reasoning == message.model_extra["reasoning_content"]  # type: ignore[index]
     assert set(writers) == {"small", "big"} and finish == "stop"
@@ -132,8 +133,60 @@ def test_completions_streamed_and_not_with_a_mode_by_model_id(api: str) -> None:
     assert text == reply.choices[0].text
     two = client.completions.create(model="splitreason", prompt=DEMO_QUESTION, n=2, max_tokens=10)
     assert len(two.choices) == 2 and two.usage.completion_tokens == 20  # type: ignore[union-attr]
-    stopped = client.completions.create(model="splitreason", prompt=DEMO_QUESTION, stop=["36 +"])
-    assert stopped.choices[0].text == "First, 12 * 3 = 36. <bigmodel>Then " and stopped.choices[0].finish_reason == "stop"
+    # Stop strings end the answer, never the thinking: "36 +" is in the thinking, "boxed" in the answer.
+    stopped = client.completions.create(model="splitreason", prompt=DEMO_QUESTION, stop=["36 +", "boxed"])
+    assert stopped.choices[0].text.endswith("43.\n</think>\nThe answer is \\") and "Then 36 + 7" in stopped.choices[0].text
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_a_stop_string_applies_to_the_answer_not_to_the_thinking(api: str) -> None:
+    client = _client()
+    for stream in (False, True):
+        reply = client.chat.completions.create(model="splitreason", messages=[{"role": "user", "content": DEMO_QUESTION}],
+                                               stop=["\n"], stream=stream)
+        if stream:
+            chunks = [chunk.choices[0].delta for chunk in reply if chunk.choices]  # type: ignore[union-attr]
+            content = "".join(delta.content or "" for delta in chunks)
+            reasoning = "".join((delta.model_extra or {}).get("reasoning") or "" for delta in chunks)
+        else:
+            content, reasoning = reply.choices[0].message.content, reply.choices[0].message.model_extra["reasoning"]  # type: ignore[union-attr,index]
+        assert content == "The answer is \\boxed{43}."  # the thinking's newline did not end the text
+        assert reasoning.endswith("So the total is 43.\n")
+
+
+def test_a_conversation_is_the_prompt_and_a_final_assistant_message_is_continued(api: str) -> None:
+    client = _client()
+    question = {"role": "user", "content": DEMO_QUESTION}
+    alone = client.chat.completions.create(model="splitreason/small-only", messages=[question], max_tokens=4)
+    system = client.chat.completions.create(model="splitreason/small-only", max_tokens=4,
+                                            messages=[{"role": "system", "content": "Be brief."}, question])
+    turns = client.chat.completions.create(model="splitreason/small-only", max_tokens=4, messages=[
+        {"role": "system", "content": "Be brief."}, question,
+        {"role": "assistant", "content": "<think>\nlong thinking\n</think>\nThe answer is \\boxed{43}."},
+        {"role": "user", "content": "Now add 1 to that."}])
+    sizes = [reply.usage.prompt_tokens for reply in (alone, system, turns)]  # type: ignore[union-attr]
+    assert sizes[0] < sizes[1] < sizes[2]
+    # An assistant message last: the answer's start, continued (the demo models know how it goes on).
+    prefilled = client.chat.completions.create(model="splitreason/small-only", messages=[
+        question, {"role": "assistant", "content": "<think>\nFirst, 12 * 3 = 36."}])
+    assert prefilled.choices[0].message.content == "The answer is \\boxed{43}."
+    assert not prefilled.choices[0].message.model_extra["reasoning"].startswith("First")  # type: ignore[index]
+    assert prefilled.usage.prompt_tokens > sizes[0]  # type: ignore[union-attr]
+
+
+def test_models_retrieve_and_unknown_paths_answer_as_openai_does(api: str) -> None:
+    import openai
+
+    client = _client()
+    card = client.models.retrieve("splitreason/big-only")
+    assert (card.id, card.object, card.owned_by) == ("splitreason/big-only", "model", "splitreason")
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("gpt-5")
+    assert missing.value.body["message"] == "The model 'gpt-5' does not exist (GET /v1/models lists them)"  # type: ignore[index]
+    response = httpx.get(f"{API}/v1/nothing-here")
+    assert response.status_code == 404 and response.json() == {"error": {
+        "message": "no such route: GET /v1/nothing-here (see /v1/models, /v1/chat/completions, /v1/completions)",
+        "type": "invalid_request_error", "param": None, "code": 404}}
 
 
 def test_32_concurrent_streams_all_answer_right(pair_api: str, pair: str) -> None:
@@ -190,6 +243,11 @@ def test_a_client_that_goes_away_mid_stream_stops_the_generation(api: str) -> No
      "messages: no user message (the last user message is the question)"),
     ({"model": "splitreason", "messages": [{"role": "user", "content": "x " * 1200}]}, 400,
      "the question makes a "),
+    ({"model": "splitreason", "messages": [{"role": "user", "content": "hi"}],
+      "tools": [{"type": "function", "function": {"name": "f"}}], "logprobs": True}, 400,
+     "tools: not supported by splitreason (unsupported here: tools, logprobs)"),
+    ({"model": "splitreason", "messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "1"}]}, 400,
+     "messages[1].role: 'tool' is not supported (use system, user or assistant)"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(api: str, body: dict[str, object], status: int,
                                                                        message: str) -> None:
@@ -268,41 +326,18 @@ def test_a_server_that_is_down_gives_503_naming_it() -> None:
         proc.wait(timeout=30)
 
 
-def test_lm_evaluation_harness_scores_the_endpoint_like_splitreason_eval(api: str, tmp_path: Path) -> None:
+def test_lm_evaluation_harness_scores_the_endpoint_like_splitreason_eval(api: str, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example task shipped in examples/lm-eval, as its comment runs it (lm-eval's default
+    until, "\n\n", which must not cut the thinking)."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    data = tmp_path / "demo.jsonl"
-    data.write_text("".join(json.dumps({"question": q.question, "answer": q.answer}) + "\n" for q in demo.QUESTIONS))
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "splitreason_demo.yaml").write_text(f"""task: splitreason_demo
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{question}}}}"
-doc_to_target: "{{{{answer}}}}"
-generation_kwargs:
-  until: []
-  max_gen_toks: 512
-  do_sample: false
-filter_list:
-  - name: boxed
-    filter:
-      - function: regex
-        regex_pattern: "boxed\\\\{{([^}}]*)\\\\}}"
-      - function: take_first
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-""")
+    example = Path(__file__).resolve().parent.parent / "examples" / "lm-eval"
+    monkeypatch.chdir(example)  # the task names its data file relative to here
     results = simple_evaluate(model="local-chat-completions",
                               model_args=f"base_url={API}/v1/chat/completions,model=splitreason,num_concurrent=4",
-                              tasks=["splitreason_demo"], task_manager=TaskManager(include_path=str(tasks)),
+                              tasks=["splitreason_demo"], task_manager=TaskManager(include_path=str(example)),
                               apply_chat_template=True)
     harness = results["results"]["splitreason_demo"]["exact_match,boxed"]  # type: ignore[index]
     ours = cli("eval", "--profile", "demo", "--out", str(tmp_path / "ours"), "--json").json()

@@ -18,11 +18,21 @@ def test_version() -> None:
     assert result.out.strip() == f"splitreason {__version__}"
 
 
-def test_missing_argument_is_a_usage_error_without_traceback() -> None:
-    result = cli("run")
-    assert result.code == 2
-    assert "Missing argument 'question'" in result.err
-    assert "Traceback" not in result.err
+@pytest.mark.parametrize(("args", "message"), [
+    (["eval", "grade"], "error: Missing argument 'gold' (see python -m splitcli eval grade --help)"),
+    (["logs", "demo-small", "-n", "-3"], "error: Invalid value for '--lines' / '-n': Input should be greater than "
+                                         "or equal to 0 (see python -m splitcli logs --help)"),
+    (["run", "--bogus"], "error: No such option: --bogus (see python -m splitcli run --help)"),
+])
+def test_usage_errors_are_one_line_with_exit_2(args: list[str], message: str) -> None:
+    result = cli(*args)  # (as `splitreason`, the hint names `splitreason ... --help`)
+    assert (result.code, result.err.strip(), result.out) == (2, message, "")
+
+
+def test_a_negative_gold_answer_is_a_value_not_an_option() -> None:
+    result = cli("eval", "grade", "-5", "\\boxed{-5}", "--json")
+    assert result.code == 0 and result.json() == {"correct": True, "extracted": "-5",
+                                                  "reason": "equal to the gold answer (Math-Verify)"}
 
 
 def test_help_lists_the_commands() -> None:
@@ -92,7 +102,7 @@ def _trace_line(**changes: object) -> str:
     (["", _trace_line(version=7)], "line 2: not a splitreason trace: trace version 7 is not supported: splitreason "
                                    f"{__version__} reads versions 1, 2, 3 (use the splitreason that wrote it)"),
     ([_trace_line(colour="red")], "line 1: not a splitreason trace: unknown field 'colour' (written by a newer "
-                                  f"splitreason? this is splitreason {__version__}, trace version 3)"),
+                                  f"splitreason? this is splitreason {__version__}, trace version 4)"),
     ([_trace_line(wall_seconds="slow")], "line 1: not a splitreason trace: wall_seconds: Input should be a valid "
                                          "number, unable to parse string as a number"),
 ])
