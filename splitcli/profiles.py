@@ -348,11 +348,21 @@ def _read_yaml(file: Path) -> dict[str, Any]:
     return data
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+# Sections where one of several keys says how the thing is done: a child profile that gives one
+# replaces the parent's choice (a demo child with an annotator endpoint drops demo's annotator server).
+ALTERNATIVES = {"annotator": ("use", "server", "endpoint")}
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any], path: str = "") -> dict[str, Any]:
     merged = dict(base)
+    choices = ALTERNATIVES.get(path, ())
+    if any(choice in override for choice in choices):
+        for choice in choices:
+            if choice not in override:
+                merged.pop(choice, None)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = _deep_merge(merged[key], value, f"{path}.{key}" if path else key)
         else:
             merged[key] = value
     return merged

@@ -103,6 +103,8 @@ def summary_table(trace: Trace) -> Group:
         facts.add_row("speculative decoding", f"{speculative['acceptance_rate']:.1%} of drafted tokens accepted, "
                                               f"{speculative['mean_accepted_length']:.2f} tokens per step")
     facts.add_row(Text("answer", "bold"), Text(stats["answer"] or "(no boxed answer)", "bold green"))
+    if stats["ended_by"] == "budget":
+        facts.add_row(Text("ended by", "bold"), Text(budget_note(trace), "yellow"))
     return Group(models, facts)
 
 
@@ -128,7 +130,14 @@ def plain_summary(trace: Trace) -> str:
     return (
         f"tokens: small {tokens['small']}, big {tokens['big']}{_dropped_note(stats)}; offload {stats['offload_share']:.1%}; "
         f"handoffs {stats['handoffs']}; wall {stats['wall_seconds']:.2f}s; answer: {stats['answer']}"
-    )
+    ) + (f"\n{budget_note(trace)}" if stats["ended_by"] == "budget" else "")
+
+
+def budget_note(trace: Trace) -> str:
+    """What to say when the token budget, not the model, ended a run."""
+    budget = trace.sampling.get("max_tokens")
+    return (f"the token budget ({budget} tokens, prompt included) ended it before the model finished; raise it with "
+            f"--set sampling.max_tokens=N")
 
 
 def plain_text(trace: Trace) -> str:

@@ -49,11 +49,13 @@ class Result:
         return json.loads(self.out)
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> Result:
-    """Run `splitreason ARGS` as a user would: a fresh process, real exit code, separate streams."""
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, stdin: str | None = None) -> Result:
+    """Run `splitreason ARGS` as a user would: a fresh process, real exit code, separate streams
+    (`stdin`: text piped in; none by default)."""
     full_env = {**os.environ, **(env or {})}
     done = subprocess.run([sys.executable, "-m", "splitcli", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, stdin=subprocess.DEVNULL)
+                          env=full_env, timeout=timeout, input=stdin,
+                          **({"stdin": subprocess.DEVNULL} if stdin is None else {}))
     return Result(done.returncode, done.stdout, done.stderr)
 
 

@@ -223,3 +223,17 @@ def test_profiles_list_and_show_json() -> None:
     assert {"demo", "paper-32b", "gpqa"} <= set(names)
     shown = cli("profiles", "show", "demo", "--set", "sampling.seed=7", "--json")
     assert shown.json()["sampling"]["seed"] == 7  # type: ignore[index]
+
+
+def test_a_child_profile_choosing_another_annotator_replaces_the_parents_choice(tmp_path: Path) -> None:
+    """demo launches its annotator (`server`); a child that points at an endpoint instead must not be
+    refused for giving two of use/server/endpoint."""
+    child = tmp_path / "hosted.yaml"
+    child.write_text("extends: demo\nannotator: {endpoint: 'https://api.example.com/v1', model: deepseek-chat, "
+                     "api_key_env: EXAMPLE_KEY}\n")
+    profile = load_profile(str(child))
+    assert profile.annotator.server is None and profile.annotator.endpoint == "https://api.example.com"  # /v1 is added per call
+    assert profile.annotator.model == "deepseek-chat"
+    own = tmp_path / "own.yaml"
+    own.write_text("extends: demo\nannotator: {use: big}\n")
+    assert load_profile(str(own)).annotator.use == "big"

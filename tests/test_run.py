@@ -166,8 +166,33 @@ def test_save_then_show(tmp_path: Path) -> None:
     assert "[big]Then 36 + 7 = 43. [/big]" in plain.out
 
 
+def test_the_question_from_stdin_or_a_file(tmp_path: Path) -> None:
+    asked = tmp_path / "question.txt"
+    asked.write_text(DEMO_QUESTION + "\n")
+    piped = cli("run", "-", "--json", stdin=DEMO_QUESTION)
+    from_file = cli("run", "--file", str(asked), "--json")
+    assert piped.code == from_file.code == 0
+    assert piped.json()["stats"]["answer"] == from_file.json()["stats"]["answer"] == "43"  # type: ignore[index]
+    assert piped.json()["question"] == from_file.json()["question"] == DEMO_QUESTION  # type: ignore[index]
+    empty = cli("run", "-", stdin="  \n")
+    assert empty.code == 2 and empty.err.strip() == \
+        'error: stdin gave no question (pipe one in: echo "What is 2 + 2?" | splitreason run -)'
+
+
+def test_a_run_the_budget_ended_says_so() -> None:
+    ran = cli("run", DEMO_QUESTION, "--set", "sampling.max_tokens=70", "--json")
+    assert ran.code == 0 and ran.json()["stats"]["ended_by"] == "budget"  # type: ignore[index]
+    plain = cli("run", DEMO_QUESTION, "--set", "sampling.max_tokens=70", env={"NO_COLOR": "1"})
+    assert plain.out.strip().splitlines()[-1] == ("the token budget (70 tokens, prompt included) ended it before the "
+                                                  "model finished; raise it with --set sampling.max_tokens=N")
+    finished = cli("run", DEMO_QUESTION, "--json")
+    assert finished.json()["stats"]["ended_by"] == "model"  # type: ignore[index]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["   "], 'error: the question is empty (pass its text, e.g. splitreason run "What is 2 + 2?")'),
+    ([], 'error: the question is empty (pass its text, e.g. splitreason run "What is 2 + 2?")'),
+    ([DEMO_QUESTION, "--file", "q.txt"], "error: give the question or --file, not both"),
     ([DEMO_QUESTION, "--mode", "fast"],
      "error: unknown mode 'fast' (choose one of: big-only, logprob-subselect, random-switch, small-only, "
      "spec-decoding, spec-rewrite, splitreason, splitreason-stream)"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -53,6 +53,18 @@ def debug() -> bool:
     return os.environ.get("SPLITREASON_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
+def _click() -> Any:
+    """The exceptions of the click that Typer runs on (its own copy since Typer 0.17, click before)."""
+    vendored = getattr(typer, "_click", None)
+    if vendored is not None:
+        from typer._click import exceptions
+
+        return exceptions
+    import click.exceptions
+
+    return click.exceptions
+
+
 def main() -> None:
     """Entry point: load .env, run the app, print library errors as one line with exit code 2."""
     from dotenv import load_dotenv
@@ -61,8 +73,23 @@ def main() -> None:
     from splitcli.errors import SplitError
 
     load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)
+    click = _click()
     try:
-        app()  # standalone: click itself reports usage errors (exit 2) and Ctrl-C
+        code = app(standalone_mode=False)  # click's errors come here, to be said in one line
+        sys.exit(code if isinstance(code, int) else 0)
+    except click.NoArgsIsHelpError as exc:  # the help itself, as click shows it
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # a bad option or value: one line, like our own errors
+        where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        console.error(exc.format_message().rstrip(".") + where)
+        sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        console.error("aborted")
+        sys.exit(1)
     except SplitError as exc:
         if debug():
             raise

@@ -78,9 +78,12 @@ class Group(TyperGroup):
         super().format_help(ctx, formatter)
 
 
-def command(app: typer.Typer, function: Callable[..., None], name: str | None = None) -> None:
-    """Register a command function on `app` with the readable help."""
-    app.command(name, cls=Command)(function)
+def command(app: typer.Typer, function: Callable[..., None], name: str | None = None, *,
+            takes_negative_numbers: bool = False) -> None:
+    """Register a command function on `app` with the readable help. `takes_negative_numbers`: an
+    argument such as `-5` is a value, not an unknown option (`eval grade -5 ...`)."""
+    settings = {**HELP_OPTIONS, "ignore_unknown_options": True} if takes_negative_numbers else None
+    app.command(name, cls=Command, **({"context_settings": settings} if settings else {}))(function)
 
 
 def sub_app(help_text: str) -> typer.Typer:

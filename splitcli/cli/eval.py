@@ -184,6 +184,6 @@ def compare_runs(
 
 
 def register(app: typer.Typer) -> None:
-    command(eval_app, grade_response, "grade")
+    command(eval_app, grade_response, "grade", takes_negative_numbers=True)
     command(eval_app, compare_runs, "compare")
     app.add_typer(eval_app, name="eval")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +22,9 @@ EMPTY_QUESTION = 'the question is empty (pass its text, e.g. splitreason run "Wh
 
 
 def run(
-    question: Annotated[str, typer.Argument(help="The question to solve.")],
+    question: Annotated[str | None, typer.Argument(help="The question to solve; - reads it from stdin.",
+                                                   show_default=False)] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="Read the question from this file.")] = None,
     profile: ProfileOpt = "demo",
     mode: ModeOpt = None,
     overrides: SetOpt = None,
@@ -34,8 +37,7 @@ def run(
 
     Example: splitreason run "What is 12 * 3 + 7?" --mode random-switch --save runs.jsonl
     """
-    if not question.strip():
-        raise UsageError(EMPTY_QUESTION)
+    question = _question(question, file)
     prof = load(profile, overrides)
     mode_name = mode or prof.mode
     mode_class = get_mode(mode_name)
@@ -58,6 +60,25 @@ def run(
     if trace.error:
         kept = f"; the partial trace was saved to {save}" if save else "; --save FILE keeps the partial trace"
         raise EngineError(trace.error + kept)
+
+
+def _question(given: str | None, file: Path | None) -> str:
+    """The question from the argument, stdin (`-`) or --file: one of them, not empty."""
+    if given is not None and file is not None:
+        raise UsageError("give the question or --file, not both")
+    if file is not None:
+        text = file.read_text(encoding="utf-8")
+    elif given == "-":
+        text = sys.stdin.read()
+    else:
+        text = given or ""
+    if text.strip():
+        return text
+    if file is not None:
+        raise UsageError(f'{file} is empty (write the question in it, or pass it: splitreason run "What is 2 + 2?")')
+    if given == "-":
+        raise UsageError('stdin gave no question (pipe one in: echo "What is 2 + 2?" | splitreason run -)')
+    raise UsageError(EMPTY_QUESTION)
 
 
 def _run_live(view: render.LiveView, prof: Profile, question: str, mode_name: str) -> Trace:
