@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from splitcli import paths
+from splitcli import environment, paths
 from splitcli.profiles import DEMO_PAIRS, SNIPPET_END, SNIPPET_START, AnnotatorSpec, PromptConfig, demo_model
 
 DEMO_VERSION = 3
@@ -141,6 +141,7 @@ def resolve_model(model: str) -> str:
 def build_pair(pair: str, target: Path | None = None) -> Path:
     if pair not in DEMO_PAIRS:
         raise ValueError(f"unknown demo pair {pair!r}")
+    environment.check_companions()
     return build_qwen3(target) if pair == "demo-qwen3" else build(target)
 
 

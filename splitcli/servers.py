@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from splitcli import gpus, leases, paths
+from splitcli import environment, gpus, leases, paths
 from splitcli.errors import ServerError
 from splitcli.profiles import ROLES, ModelSpec, Profile, ServerKey
 
@@ -468,6 +468,8 @@ def ensure_servers(profile: Profile, keys: tuple[ServerKey, ...] = ROLES,
     reused: list[str] = []
     launched: list[ServerRecord] = []
     starting: list[ServerRecord] = []
+    if any(profile.spec(key).launched and ServerRecord.load(server_name(profile, key)) is None for key in keys):
+        environment.check_companions()  # before a server dies of it, minutes into its start
     timeout = max((profile.spec(key).startup_timeout for key in keys), default=0.0)
     try:
         for key in keys:

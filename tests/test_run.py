@@ -302,3 +302,23 @@ def test_demo_questions_json() -> None:
     result = cli("demo", "questions", "--json")
     assert result.code == 0
     assert {"question": DEMO_QUESTION, "answer": "43"} in result.json()  # type: ignore[operator]
+
+
+def test_the_readme_tour_does_what_it_says(tmp_path: Path) -> None:
+    """Every `splitreason run` line of the README's tour runs; the random-switch one really switches."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    tour = readme.split("## A tour", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    runs = [shlex.split(line.split("#")[0])[1:] for line in tour.splitlines() if line.startswith("splitreason run ")]
+    assert len(runs) >= 4
+    for args in runs:
+        args = [arg for arg in args if arg not in ("&&", "splitreason", "show", "runs.jsonl")]
+        if "--save" in args:
+            args[args.index("--save") + 1] = str(tmp_path / "runs.jsonl")
+        ran = cli(*args, *([] if "--json" in args else ["--json"]))
+        assert ran.code == 0, (args, ran.err)
+        trace = ran.json()
+        assert trace["stats"]["answer"] == "43"  # type: ignore[index]
+        if "random-switch" in args:
+            assert {segment["model"] for segment in trace["segments"]} == {"small", "big"}  # type: ignore[index]

@@ -124,3 +124,15 @@ def test_servers_sharing_a_gpu_start_one_after_the_other() -> None:
     small.gpus = [2]
     assert not servers.must_wait_before(split, "big", [small])
     assert not servers.must_wait_before(profile, "big", [])
+
+
+def test_cuda_builds_of_torchvision_next_to_a_cpu_torch_are_named_with_the_fix() -> None:
+    from splitcli.environment import companion_clash
+
+    pypi = {"torch": "2.13.0+cpu", "torchvision": "0.28.0", "torchaudio": "2.13.0", "torchcodec": None}
+    assert companion_clash(pypi.get) == (
+        "torchvision 0.28.0, torchaudio 2.13.0 from PyPI (built for CUDA torch) sit next to torch 2.13.0+cpu and break "
+        "model imports (fix: pip uninstall -y torchvision torchaudio torchcodec)")
+    assert companion_clash({"torch": "2.13.0+cpu", "torchvision": "0.28.0+cpu"}.get) is None  # matching CPU builds
+    assert companion_clash({"torch": "2.11.0+cu130", "torchvision": "0.26.0"}.get) is None  # a GPU install
+    assert companion_clash() is None  # this environment (the README's install uninstalls them)
