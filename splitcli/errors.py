@@ -35,3 +35,9 @@ class SampleErrors(SplitError):
     """Some samples of a run failed in the engine (not wrong answers); the run can be resumed."""
 
     exit_code = 1
+
+
+class Interrupted(SplitError):
+    """The user pressed Ctrl-C; what was done is kept (the message says where)."""
+
+    exit_code = 130

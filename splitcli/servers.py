@@ -11,7 +11,9 @@ to this state dir and not to another user's or another test run's.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -23,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -498,8 +501,7 @@ def ensure_servers(profile: Profile, keys: tuple[ServerKey, ...] = ROLES,
             starting.append(record)
         wait_ready(starting, timeout, on_tick)
     except BaseException:
-        for record in launched:
-            stop(record, quiet=True)
+        stop_together(launched)
         raise
     return ServeResult(records, reused, [record.name for record in launched])
 
@@ -553,19 +555,40 @@ class ReleaseResult:
 def release(names: list[str]) -> ReleaseResult:
     """Drop this process's leases; stop the temporary servers among `names` that nobody else uses."""
     result = ReleaseResult()
-    for name in names:
-        with leases.locked(name):
+    def release_one(name: str) -> None:
+        with leases.locked(name):  # held while stopping: no command takes a lease on a server going away
             leases.release(name)
             record = ServerRecord.load(name)
             if record is None or not record.temporary:
-                continue
+                return
             users = leases.holders(name)
             if users:
                 result.still_used[name] = users
-                continue
+                return
             stop(record, quiet=True)
             result.stopped.append(name)
+
+    _together([functools.partial(release_one, name) for name in names])
+    result.stopped.sort(key=names.index)
     return result
+
+
+def stop_together(records: list[ServerRecord]) -> None:
+    """Stop several servers at once: each may take its grace period (15 s), and a user who pressed
+    Ctrl-C should not wait for them one after the other."""
+    _together([functools.partial(stop, record, quiet=True) for record in records])
+
+
+def _together(calls: list[Callable[[], Any]]) -> None:
+    """Run `calls` in threads and wait for all; the first error is raised after all have ended."""
+    if len(calls) <= 1:
+        for call in calls:
+            call()
+        return
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+    for future in futures:
+        future.result()
 
 
 # ---------------------------------------------------------------- stopping

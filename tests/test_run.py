@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -322,3 +324,26 @@ def test_the_readme_tour_does_what_it_says(tmp_path: Path) -> None:
         assert trace["stats"]["answer"] == "43"  # type: ignore[index]
         if "random-switch" in args:
             assert {segment["model"] for segment in trace["segments"]} == {"small", "big"}  # type: ignore[index]
+
+
+def test_ctrl_c_mid_run_keeps_the_partial_trace_and_exits_130(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    saved = tmp_path / "runs.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "splitcli", "run", DEMO_QUESTION, "--mode", "big-only",
+                             "--set", "sampling.temperature=1.8", "--set", "sampling.max_tokens=1000", "--save",
+                             str(saved)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    first = proc.stdout.read(8)  # random text streaming: the run is under way
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and first
+    lines = err.strip().splitlines()
+    assert lines[-1] == f"error: interrupted (Ctrl-C); the partial trace was saved to {saved}"
+    assert "warning: interrupted" in lines  # said at once (the servers were running: none to stop)
+    (trace,) = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert trace["error"] == "interrupted (Ctrl-C)" and trace["segments"] and trace["segments"][0]["text"]
+    assert "tokens: small 0, big " in out  # the partial trace is shown, with its summary

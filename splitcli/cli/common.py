@@ -10,6 +10,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from splitcli import console, servers
+from splitcli.errors import Interrupted
 from splitcli.modes import check_profile
 from splitcli.profiles import Profile, ServerKey, load_profile
 
@@ -30,8 +31,12 @@ def servers_in_use(profile: Profile, keys: tuple[ServerKey, ...], keep: bool = F
         if missing:
             after = "they keep running (--keep)" if keep else "stopped again afterwards unless --keep"
             console.info(f"starting {', '.join(missing)} (not running; {after})")
-            with console.err.status("starting servers") as spinner:
-                use.start(on_tick=spinner.update)
+            try:
+                with console.err.status("starting servers") as spinner:
+                    use.start(on_tick=spinner.update)
+            except KeyboardInterrupt:
+                console.warn(f"interrupted: stopped {', '.join(missing)} (they were starting)")
+                raise Interrupted("interrupted while the servers started; nothing ran") from None
         else:
             use.start()
         yield use

@@ -12,7 +12,7 @@ import typer
 from splitcli import console, render
 from splitcli.cli.common import HELP_OPTIONS, Group, command, load, servers_in_use
 from splitcli.cli.options import JsonOpt, ModeOpt, SetOpt
-from splitcli.errors import DataError, SampleErrors
+from splitcli.errors import DataError, Interrupted, SampleErrors
 from splitcli.evals import runner
 from splitcli.evals.tasks import TASKS, get_task, load_problems
 from splitcli.modes import get_mode
@@ -117,7 +117,7 @@ def _sample(plan: runner.EvalPlan, run_dir: runner.RunDir) -> dict[str, Any]:
         with progress:
             asyncio.run(runner.run_samples(plan, run_dir, pending, progress.record))
     except KeyboardInterrupt:
-        raise DataError(f"interrupted; the samples written so far are kept: continue with --resume {run_dir.path}") from None
+        raise Interrupted(f"interrupted; the samples written so far are kept: continue with --resume {run_dir.path}") from None
     return runner.results(plan, run_dir.load_samples(), time.perf_counter() - started,
                           run_dir.read_run()["fingerprint"])
 

@@ -14,7 +14,7 @@ import typer
 from splitcli import console, render
 from splitcli.cli.common import HELP_OPTIONS, Group, command, load, servers_in_use
 from splitcli.cli.options import JsonOpt, SetOpt
-from splitcli.errors import DataError
+from splitcli.errors import DataError, Interrupted
 from splitcli.gendata import run
 from splitcli.gendata.annotate import Annotator
 from splitcli.gendata.sources import load_sources
@@ -116,7 +116,7 @@ def _annotate(plan: run.GendataPlan, run_dir: run.RunDir, server: Any) -> dict[s
         with progress:
             asyncio.run(go())
     except KeyboardInterrupt:
-        raise DataError(f"interrupted; the traces done so far are kept: continue with --resume {run_dir.path}") from None
+        raise Interrupted(f"interrupted; the traces done so far are kept: continue with --resume {run_dir.path}") from None
     return run_dir.write_outputs(plan, run_dir.load_progress())
 
 

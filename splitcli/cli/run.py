@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -12,12 +13,13 @@ import typer
 from splitcli import console, render
 from splitcli.cli.common import command, load, servers_in_use
 from splitcli.cli.options import JsonOpt, ModeOpt, ProfileOpt, SetOpt
-from splitcli.errors import EngineError, UsageError
+from splitcli.errors import EngineError, Interrupted, UsageError
 from splitcli.modes import get_mode
 from splitcli.profiles import Profile, demo_model
 from splitcli.session import run_question
 from splitcli.trace import Trace, load_jsonl
 
+INTERRUPTED = "interrupted (Ctrl-C)"
 EMPTY_QUESTION = 'the question is empty (pass its text, e.g. splitreason run "What is 2 + 2?")'
 
 
@@ -44,19 +46,35 @@ def run(
     keys = tuple(mode_class.server_keys().values())
     if any(demo_model(prof.spec(key).model) for key in keys):
         console.info("demo profile: tiny demonstration models that know only `splitreason demo questions`")
-    with servers_in_use(prof, keys, keep):
+    with servers_in_use(prof, keys, keep) as use:
         live = not (json_output or no_stream or console.plain_output())
         plain = None if (json_output or no_stream or live) else render.PlainStream(defer=mode_class.replaces_text,
                                                                                           provisional=mode_class.provisional)
-        if live:
-            trace = _run_live(render.LiveView(console.out), prof, question, mode_name)
-        else:
-            watch = (lambda trace: trace.subscribe(plain)) if plain else None
-            trace = asyncio.run(run_question(prof, question, mode_name, stream=not no_stream, watch=watch))
+        started: list[Trace] = []  # the trace as it is built: what Ctrl-C keeps
+        try:
+            if live:
+                trace = _run_live(render.LiveView(console.out), prof, question, mode_name, started.append)
+            else:
+                def watch(trace: Trace) -> None:
+                    started.append(trace)
+                    if plain is not None:
+                        trace.subscribe(plain)
+
+                trace = asyncio.run(run_question(prof, question, mode_name, stream=not no_stream, watch=watch))
+        except KeyboardInterrupt:
+            ours = (use.serve.started if use.serve else []) if not keep else []
+            console.warn("interrupted" + (f": stopping {', '.join(ours)}" if ours else ""))
+            if not started:
+                raise Interrupted("interrupted before the run began; nothing to keep") from None
+            trace = started[0]
+            trace.finish(error=INTERRUPTED)
         if save is not None:
             trace.append_jsonl(save)
             console.info(f"trace appended to {save}")
         _present(trace, json_output, plain)
+    if trace.error == INTERRUPTED:
+        kept = f"; the partial trace was saved to {save}" if save else "; --save FILE keeps the partial trace"
+        raise Interrupted(INTERRUPTED + kept)
     if trace.error:
         kept = f"; the partial trace was saved to {save}" if save else "; --save FILE keeps the partial trace"
         raise EngineError(trace.error + kept)
@@ -81,9 +99,14 @@ def _question(given: str | None, file: Path | None) -> str:
     raise UsageError(EMPTY_QUESTION)
 
 
-def _run_live(view: render.LiveView, prof: Profile, question: str, mode_name: str) -> Trace:
+def _run_live(view: render.LiveView, prof: Profile, question: str, mode_name: str,
+              started: Callable[[Trace], None]) -> Trace:
+    def watch(trace: Trace) -> None:
+        started(trace)
+        view.attach(trace)
+
     with view:
-        return asyncio.run(run_question(prof, question, mode_name, stream=True, watch=view.attach))
+        return asyncio.run(run_question(prof, question, mode_name, stream=True, watch=watch))
 
 
 def _present(trace: Trace, json_output: bool, plain: render.PlainStream | None) -> None:

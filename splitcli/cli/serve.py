@@ -86,10 +86,9 @@ def serve(
                     raise ServerError(f"server {record.name} died (see `splitreason logs {record.name}`)")
             time.sleep(1.0)
     except KeyboardInterrupt:
-        console.say("stopping")
+        console.say(f"interrupted: stopping {', '.join(record.name for record in mine) or 'nothing (none started here)'}")
     finally:
-        for record in mine:
-            servers.stop(record, quiet=True)
+        servers.stop_together(mine)
 
 
 def ps(json_output: JsonOpt = False) -> None:
