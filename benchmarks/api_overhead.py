@@ -23,7 +23,7 @@ import httpx
 from splitcli import demo, servers
 from splitcli.modes import check_profile, get_mode
 from splitcli.profiles import load_profile
-from splitcli.session import close_clients, open_clients, run_question
+from splitcli.solve import close_clients, open_clients, run_question
 
 API = "http://127.0.0.1:8100"
 

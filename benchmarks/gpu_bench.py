@@ -425,7 +425,7 @@ def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitrea
     """Forced ~5%-offload traces in each mode on the same servers, next to the ideal time. Rows are
     written as they come (WORK/NAME-rows.jsonl, and $OUT) so that a call cut short keeps them."""
     from splitcli.profiles import load_profile
-    from splitcli.session import run_question
+    from splitcli.solve import run_question
 
     every = FORCED_EVERY
     knobs = forced_modes()
@@ -486,7 +486,7 @@ def _counter_change(before: dict[str, float], after: dict[str, float]) -> dict[s
 async def _in_flight(profile: Any, mode: str, level: int) -> tuple[float, list[Any]]:
     """`level` samples of `mode` at once over one pool per model: the wall time and their traces."""
     from splitcli.modes import get_mode
-    from splitcli.session import close_clients, open_clients, run_question
+    from splitcli.solve import close_clients, open_clients, run_question
 
     clients = open_clients(profile, get_mode(mode).server_keys(), max_connections=max(64, level * 4))
     try:

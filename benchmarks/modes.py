@@ -22,7 +22,7 @@ from typing import Any
 from splitcli import demo, servers
 from splitcli.modes import check_profile
 from splitcli.profiles import load_profile
-from splitcli.session import run_question
+from splitcli.solve import run_question
 
 CONFIGS: dict[str, tuple[str, list[str]]] = {
     "splitreason": ("splitreason", []),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from splitcli import demo, servers
 from splitcli.profiles import load_profile
-from splitcli.session import run_question
+from splitcli.solve import run_question
 from splitcli.trace import Trace
 
 BLOCK = 32  # the demo profile's --block-size

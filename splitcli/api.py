@@ -39,10 +39,9 @@ from splitcli.engine import EngineClient
 from splitcli.errors import EngineError, ServerError, SplitError, UsageError
 from splitcli.modes import check_profile, get_mode, mode_names
 from splitcli.profiles import Profile, ServerKey, load_profile
-from splitcli.session import close_clients, open_pool, run_question
-from splitcli.trace import Model, Trace
+from splitcli.solve import close_clients, open_pool, run_question
+from splitcli.trace import THINK_END, Model, Trace
 
-THINK_END = "</think>"
 BASE_ID = "splitreason"
 log = logging.getLogger("splitreason.api")
 

@@ -88,6 +88,11 @@ class Completion:
         return self.finish_reason == "stop" and (self.stop_reason is None or isinstance(self.stop_reason, int))
 
     @property
+    def ended_by(self) -> str | None:
+        """A segment's finish reason for this completion: 'eos' for an end of text, else vLLM's."""
+        return "eos" if self.ended_with_eos else self.finish_reason
+
+    @property
     def stopped_on_string(self) -> bool:
         return self.finish_reason == "stop" and isinstance(self.stop_reason, str)
 

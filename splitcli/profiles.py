@@ -521,3 +521,11 @@ def load_profile(name_or_path: str, overrides: list[str] | None = None) -> Profi
     data = load_raw(file)
     touched = {apply_override(data, assignment): assignment for assignment in overrides or []}
     return validate(data, file, file.stem, touched)
+
+
+def serve_hint(profile: Profile, key: ServerKey) -> str:
+    """How to bring one server of a profile up, for error messages."""
+    spec = profile.spec(key)
+    if not spec.launched:
+        return f"it is not one splitreason starts: check {', '.join(spec.urls)}"
+    return f"start it with `splitreason serve --profile {profile.name} --only {key}`"

@@ -43,14 +43,6 @@ def server_name(profile: Profile, key: ServerKey) -> str:
     return f"{profile.name}-{key}"
 
 
-def serve_hint(profile: Profile, key: ServerKey) -> str:
-    """How to bring one server of a profile up, for error messages."""
-    spec = profile.spec(key)
-    if not spec.launched:
-        return f"it is not one splitreason starts: check {', '.join(spec.urls)}"
-    return f"start it with `splitreason serve --profile {profile.name} --only {key}`"
-
-
 # ---------------------------------------------------------------- state records
 
 

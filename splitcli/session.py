@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from splitcli.engine import Completion, EngineClient, LiveRequest, Prefixed, Prompt
+from splitcli.engine import Completion, EngineClient, Prefixed, Prompt
 from splitcli.errors import EngineError, UsageError
+from splitcli.handoffs import LiveRequests
+from splitcli.probing import CloseProbe
 from splitcli.profiles import Profile, PromptConfig, Sampling, ServerKey
-from splitcli.servers import serve_hint
 from splitcli.trace import Model, Segment, Trace, strip_tags
 
 TOKENIZER_PROBE = "Tokenizer probe: 12 * 3 = 36, so x^2 + y_1 <bigmodel>\\frac{a}{b}</bigmodel> naïve."
@@ -35,29 +35,6 @@ class Context:
     max_model_len: int = 0
     # Written by the other model, not yet sent: (token ids when usable as-is, text).
     pending: list[tuple[list[int] | None, str]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class CloseProbe:
-    """What the small model writes after one prefix of a big segment: the closing tag or not, and
-    what it writes before the tag: whitespace of its own (`lead`, `end` None), or the big model's own
-    next text merged with the tag (`lead` = `.` in `.</bigmodel>` after `...is 5`; real BPE vocabularies
-    join punctuation to `</`), which then starts at character `end` of the draft's text."""
-
-    closes: bool
-    lead: str = ""
-    end: int | None = None
-
-
-@dataclass(frozen=True)
-class Cut:
-    """Where a big segment ends: after `index` of its tokens, with `lead` written by the small model;
-    or, when the small model's tag follows part of the big model's own next text, at character `end`
-    of the segment's text (it may fall inside one of the big model's tokens)."""
-
-    index: int
-    lead: str = ""
-    end: int | None = None
 
 
 @dataclass
@@ -89,103 +66,11 @@ class LiveDraft:
             await self.task
 
 
-class CutFinder:
-    """The end of one big segment, as a property of the text and not of how it was batched.
-
-    Prefixes 1, 2, ... of the segment are fed in order, with the segment's text as far as it is known.
-    Prefix i ends the segment when the small model's greedy continuation is the closing tag, or the
-    big model's own next text followed by the tag (the cut then lands after that text). When it is
-    whitespace and then the tag, the next prefix decides: if the big model's next token lets the small
-    model close right away, the cut is after it (the big model's own whitespace is kept); otherwise the
-    cut is at i, with the small model's whitespace. A prefix waits while the text it depends on is not
-    written yet. So the cut never depends on where chunks or buckets end."""
-
-    def __init__(self) -> None:
-        self.seen = 0
-        self.text = ""
-        self._undecided: deque[tuple[int, CloseProbe, int]] = deque()  # (prefix, probe, its text offset)
-
-    @property
-    def waiting(self) -> bool:
-        """A prefix waits for more of the big model's text (one more token may decide it)."""
-        return bool(self._undecided)
-
-    def feed(self, probes: list[CloseProbe], text: str, offset: int = 0) -> Cut | None:
-        """Probes for the next prefixes (self.seen + 1, ...); `text`: the segment's text as known now,
-        in which the probes' `end` count from `offset`. The cut once it is decided."""
-        self.text = text
-        for probe in probes:
-            self.seen += 1
-            self._undecided.append((self.seen, probe, offset))
-        return self._decide(final=False)
-
-    def finish(self) -> Cut | None:
-        """The segment ended (EOS, cap, budget) with no further prefix or text: what waits is decided."""
-        return self._decide(final=True)
-
-    def _decide(self, final: bool) -> Cut | None:
-        while self._undecided:
-            index, probe, offset = self._undecided[0]
-            verdict = self._verdict(index, probe, offset, final)
-            if verdict is _WAIT:
-                return None
-            self._undecided.popleft()
-            if verdict is not None:
-                self._undecided.clear()
-                return verdict  # type: ignore[return-value]
-        return None
-
-    def _verdict(self, index: int, probe: CloseProbe, offset: int, final: bool) -> Cut | object | None:
-        if not probe.closes:
-            return None
-        if not probe.lead:
-            return Cut(index)
-        if probe.end is None:  # whitespace of the small model's own: the next prefix decides
-            if len(self._undecided) < 2:
-                return Cut(index, probe.lead) if final else _WAIT
-            after = self._undecided[1][1]
-            return Cut(index + 1) if after.closes and not after.lead else Cut(index, probe.lead)
-        start = offset + probe.end
-        following = self.text[start:]
-        if following.startswith(probe.lead):
-            return Cut(index, end=start + len(probe.lead))
-        if probe.lead.startswith(following) and not final:
-            return _WAIT
-        return None
-
-
-_WAIT = object()
-
-
-def open_pool(profile: Profile, keys: list[ServerKey], max_connections: int = 64) -> dict[ServerKey, EngineClient]:
-    """One client per server (for a service that serves every mode: small, big, spec)."""
-    return {key: _client(profile, "small" if key == "small" else "big", key, max_connections) for key in keys}
-
-
-def _client(profile: Profile, role: Model, key: ServerKey, max_connections: int) -> EngineClient:
-    spec = profile.spec(key)
-    # A server someone else runs serves the model under its own name: the HF id will do too.
-    others = (spec.model,) if not spec.launched else ()
-    return EngineClient(role, spec.name, spec.urls, serve_hint(profile, key), max_connections=max_connections,
-                        other_names=others)
-
-
-def open_clients(profile: Profile, servers: dict[Model, ServerKey], max_connections: int = 64) -> dict[Model, EngineClient]:
-    """One client (one connection pool) per model, for all the sessions of one command; `servers`
-    says which server answers for each model (a mode's `server_keys()`)."""
-    return {role: _client(profile, role, key, max_connections) for role, key in servers.items()}
-
-
-async def close_clients(clients: dict[Model, EngineClient]) -> None:
-    await asyncio.gather(*(client.aclose() for client in clients.values()))
-
-
-LIVE_KEPT = 2  # live warm-ups kept per model
 
 
 class Session:
-    def __init__(self, profile: Profile, trace: Trace, servers: dict[Model, ServerKey], stream: bool = True,
-                 clients: dict[Model, EngineClient] | None = None, sampling: Sampling | None = None) -> None:
+    def __init__(self, profile: Profile, trace: Trace, servers: dict[Model, ServerKey],
+                 clients: dict[Model, EngineClient], stream: bool = True, sampling: Sampling | None = None) -> None:
         roles = tuple(servers)
         self.profile = profile
         self.trace = trace
@@ -193,12 +78,9 @@ class Session:
         self.stream = stream
         self.sampling = sampling or profile.sampling
         self.tags: PromptConfig = profile.prompt
-        self._own_clients = clients is None
-        shared = clients if clients is not None else open_clients(profile, servers)
         self.servers = servers
-        self._shared = shared
-        self.clients: dict[Model, EngineClient] = {
-            role: shared[role].bound(clock=trace.now, record=trace.calls.append) for role in roles
+        self.clients: dict[Model, EngineClient] = {  # the caller's pools, recording into this trace
+            role: clients[role].bound(clock=trace.now, record=trace.calls.append) for role in roles
         }
         self.contexts: dict[Model, Context] = {role: Context() for role in roles}
         self.shared_tokenizer = False
@@ -207,24 +89,30 @@ class Session:
         self._prefix: dict[Model, tuple[list[int], str]] = {}
         self._stop_ids: dict[str, list[int]] = {}
         self._background: set[asyncio.Task[Any]] = set()
-        # Warm handoffs: while one model writes, the other gets its context so far every N tokens.
-        self.warm_every = 0
-        # ... kept alive in the big model's engine, so that the handoff sends only the tokens since.
-        self.live_handoff = False
-        self._live: dict[Model, list[LiveRequest]] = {}  # the last LIVE_KEPT warm-ups, shortest first
-        self._ending: set[asyncio.Task[Any]] = set()  # live requests being ended: awaited, never cancelled
-        # Probe through our route in the small server when it has one (exact, context sent once).
-        self.probe_route = True
+        self._warm_every = 0
+        self._live: LiveRequests | None = None
+        self._probe_route = True
+
+    def use(self, *, warm_every: int = 0, live_handoff: bool = False, probe_route: bool = True) -> None:
+        """How this session hands off and probes (a mode's knobs, set in its `configure`): warm-ups of
+        the idle model every `warm_every` tokens of the other's segment; the big model's last warm-up
+        kept alive in its engine (`live_handoff`); probes through our route in the small server when
+        it has one (exact, the context sent once) or over the OpenAI API."""
+        self._warm_every = warm_every
+        self._live = LiveRequests(self.clients["big"]) if live_handoff and "big" in self.clients else None
+        self._probe_route = probe_route
+
+    @property
+    def knobs(self) -> dict[str, Any]:
+        """What `use` set."""
+        return {"warm_every": self._warm_every, "live_handoff": self._live is not None, "probe_route": self._probe_route}
 
     async def aclose(self) -> None:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        for role in list(self._live):
-            self._end_live(self._live.pop(role))
-        await asyncio.gather(*self._ending, return_exceptions=True)
-        if self._own_clients:
-            await close_clients(self._shared)
+        if self._live is not None:
+            await self._live.aclose()
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `work` alongside; cancelled when the session ends; its failure is not the run's."""
@@ -443,12 +331,13 @@ class Session:
             arrived.set()
             self.trace.emit("update", segment)
 
-        live = self._take_live(role, prompt) if stop is None else None
+        live = self._live.take(prompt) if self._live is not None and role == "big" and stop is None else None
 
         async def generate() -> Completion:
             if max_tokens <= 0:
                 completion.finish_reason = "length"
-                self._end_live([live] if live is not None else [])
+                if live is not None and self._live is not None:
+                    self._live.end([live])
                 return completion
             sampling = {"max_tokens": max_tokens, "temperature": self.sampling.temperature,
                         "top_p": self.sampling.top_p, "seed": self.sampling.seed}
@@ -471,13 +360,13 @@ class Session:
                  on_delta: Callable[[str, list[int]], None]) -> Callable[[str, list[int]], None]:
         """`on_delta`, plus a warm-up of the idle model every `warm_every` tokens of this segment."""
         others = [other for other in self.roles if other != role]
-        if not self.warm_every or not others:
+        if not self._warm_every or not others:
             return on_delta
         start, start_text, sent = len(segment.token_ids), len(segment.text), [len(segment.token_ids)]
 
         def warming(text: str, ids: list[int]) -> None:
             on_delta(text, ids)
-            if len(segment.token_ids) - sent[0] >= self.warm_every:
+            if len(segment.token_ids) - sent[0] >= self._warm_every:
                 sent[0] = len(segment.token_ids)
                 piece_ids, piece_text = segment.token_ids[start:], segment.text[start_text:]
                 for other in others:
@@ -495,54 +384,9 @@ class Session:
             prompt = context.ids + new_ids
             if context.max_model_len and len(prompt) >= context.max_model_len - 1:
                 return
-            if self.live_handoff and role == "big":
-                opening = asyncio.ensure_future(self.clients[role].live_open(prompt))
-                try:
-                    live = await asyncio.shield(opening)
-                except asyncio.CancelledError:  # the session ends: end what the open brings, once it does
-                    self._end_opening(opening)
-                    raise
-                if live is not None:
-                    # More than the last: a warm-up can end inside a tag the big model will not see
-                    # (then it is no prefix of the handoff's context), and they may finish out of order.
-                    kept = sorted([*self._live.get(role, []), live], key=lambda each: len(each.prompt))
-                    self._live[role] = kept[-LIVE_KEPT:]
-                    self._end_live(kept[:-LIVE_KEPT])
-                    return
+            if self._live is not None and role == "big" and await self._live.open(prompt):
+                return
             await self.clients[role].complete([prompt], max_tokens=1, temperature=0.0, kind="warm", token_ids=False)
-
-    def _take_live(self, role: Model, prompt: list[int]) -> LiveRequest | None:
-        """The live warm-up with the longest context that `prompt` extends; the others are ended."""
-        lives = self._live.pop(role, [])
-        if not lives:
-            return None
-        fits = [live for live in lives if len(live.prompt) < len(prompt) and prompt[:len(live.prompt)] == live.prompt]
-        chosen = fits[-1] if fits else None
-        self._end_live([live for live in lives if live is not chosen])
-        return chosen
-
-    def _end_opening(self, opening: asyncio.Future[LiveRequest | None]) -> None:
-        async def end() -> None:
-            live = await opening
-            if live is not None:
-                await self.clients["big"].live_close(live)
-
-        self._before_the_end(end())
-
-    def _end_live(self, lives: list[LiveRequest]) -> None:
-        for live in lives:
-            self._before_the_end(self.clients["big"].live_close(live))
-
-    def _before_the_end(self, closing: Coroutine[Any, Any, Any]) -> None:
-        """Ending live requests runs alongside, and the session's end waits for it (a cancelled close
-        would leave the request alive on the server until it makes room for others)."""
-        async def quietly() -> None:
-            with contextlib.suppress(EngineError):
-                await closing
-
-        task = asyncio.ensure_future(quietly())
-        self._ending.add(task)
-        task.add_done_callback(self._ending.discard)
 
     async def _ids_of(self, role: Model, text: str) -> list[int]:
         """The role's tokens of a short fixed string (tags, stop strings), asked once."""
@@ -651,7 +495,7 @@ class Session:
         segment = await self.open(role, extend=extend)
         result = await self.draft(role, segment, max_tokens, stop)
         self.commit(role, result.token_ids, result.text)
-        self.close(segment, _reason(result))
+        self.close(segment, result.ended_by)
         return segment, result
 
     async def prefix_texts(self, role: Model, result: Completion, start: int, stop: int) -> list[str]:
@@ -702,7 +546,7 @@ class Session:
         fitting = await self._fitting("small", prompts)
         found = [CloseProbe(False)] * len(prompts)
         why = "probe_route is off"
-        if self.probe_route and fitting:
+        if self._probe_route and fitting:
             routed, why = await self._probe_by_route(base, tails[:fitting], probe_tokens)
             if routed is not None:
                 return await self._own_text(draft, start, routed + found[fitting:])
@@ -766,53 +610,3 @@ class Session:
         """How many of `prompts` (token ids, each longer than the one before) leave the model room."""
         limit = self.contexts[role].max_model_len
         return sum(1 for prompt in prompts if not limit or len(prompt) < limit)
-
-
-def _reason(result: Completion) -> str | None:
-    if result.ended_with_eos:
-        return "eos"
-    if result.finish_reason == "stop":
-        return "stop"
-    return result.finish_reason
-
-
-async def run_question(profile: Profile, question: str, mode_name: str, *, stream: bool = True,
-                       watch: Callable[[Trace], None] | None = None,
-                       clients: dict[Model, EngineClient] | None = None, sampling: Sampling | None = None,
-                       partial_on_error: bool = True, conversation: list[dict[str, str]] | None = None,
-                       prefill: str = "") -> Trace:
-    """Run one question through a mode; on failure the partial trace comes back with `error` set
-    (or, with `partial_on_error=False`, the error is raised). `clients`: shared connection pools
-    (eval, the API); `sampling`: this run's sampling, e.g. a seed; `conversation`: the turns before
-    the question; `prefill`: the answer's start, which the models continue."""
-    from splitcli.modes import get_mode, mode_options
-
-    if not question.strip():
-        raise UsageError('the question is empty (pass its text, e.g. splitreason run "What is 2 + 2?")')
-    mode_class = get_mode(mode_name)
-    options = mode_options(profile, mode_name)
-    sampling = sampling or profile.sampling
-    trace = Trace(
-        question=question.strip(), mode=mode_name, profile=profile.name, conversation=list(conversation or []),
-        prefill=prefill,
-        models={role: profile.spec(role).name for role in mode_class.roles},
-        options=options.model_dump(), sampling=sampling.model_dump(),
-    )
-    if watch is not None:
-        watch(trace)  # renderers subscribe before anything is generated
-    session = Session(profile, trace, mode_class.server_keys(), stream, clients=clients, sampling=sampling)
-    trace.start_clock()
-    try:
-        await session.prepare(mode_class.uses_hint)
-        mode = mode_class(options)
-        mode.configure(session)
-        await mode.run(session, trace)
-        trace.finish()
-    except EngineError as exc:
-        # A server down or dying mid-run: keep what was generated, with the reason.
-        trace.finish(error=str(exc))
-        if not partial_on_error:
-            raise
-    finally:
-        await session.aclose()
-    return trace

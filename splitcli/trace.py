@@ -24,6 +24,7 @@ TRACE_VERSION = 4
 # Version 1 had no served/kept/dropped fields, version 2 no probe paths, version 3 no conversation
 # or prefill: their defaults apply.
 READS_VERSIONS = (1, 2, 3, 4)
+THINK_END = "</think>"  # where a reasoning model's thinking ends and its answer begins
 Model = Literal["small", "big"]
 MODELS: tuple[Model, Model] = ("small", "big")
 
@@ -346,7 +347,7 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
 
 def answer_region(text: str) -> str:
     """Where the answer is: the text after the last </think>, or all of it when there is none."""
-    return text.rsplit("</think>", 1)[-1]
+    return text.rsplit(THINK_END, 1)[-1]
 
 
 def last_boxed(text: str) -> str | None:

@@ -13,7 +13,8 @@ from splitcli import demo
 from splitcli.engine import Completion
 from splitcli.modes import Mode, register
 from splitcli.profiles import load_profile
-from splitcli.session import Session, run_question
+from splitcli.session import Session
+from splitcli.solve import run_question
 from splitcli.trace import Trace
 
 pytestmark = pytest.mark.usefixtures("demo_servers")
@@ -42,7 +43,7 @@ def test_probes_at_the_end_of_the_small_models_context_are_not_sent(route: bool)
     found: list[Any] = []
 
     async def body(session: Session) -> None:
-        session.probe_route = route
+        session.use(probe_route=route)
         context = session.contexts["small"]
         await session.context("small")
         limit = context.max_model_len

@@ -17,7 +17,7 @@ from conftest import DEMO_QUESTION, cli
 
 from splitcli import leases, servers
 from splitcli.profiles import load_profile
-from splitcli.session import run_question
+from splitcli.solve import run_question
 from splitcli.trace import Segment
 
 pytestmark = [pytest.mark.lifecycle, pytest.mark.usefixtures("demo_servers")]

@@ -14,10 +14,12 @@ from conftest import DEMO_QUESTION, cli
 from splitcli import demo
 from splitcli.engine import EngineClient
 from splitcli.engine_route import MAX_LIVE
+from splitcli.handoffs import LIVE_KEPT
 from splitcli.modes import register
 from splitcli.modes.splitreason_stream import SplitReasonStream
 from splitcli.profiles import load_profile
-from splitcli.session import LIVE_KEPT, Session, run_question
+from splitcli.session import Session
+from splitcli.solve import run_question
 from splitcli.trace import Trace
 
 pytestmark = pytest.mark.usefixtures("demo_servers")
@@ -144,7 +146,8 @@ def test_a_live_handoff_sends_the_big_model_only_the_tokens_since_its_warm_up() 
             await asyncio.gather(*session._background)  # the warm-ups are in: the last ones are alive
             context = await session.context("big")
             seen["context"] = len(context)
-            seen["live"] = max((live for live in session._live.get("big", []) if context[:len(live.prompt)] == live.prompt),
+            kept = session._live._kept if session._live is not None else []
+            seen["live"] = max((live for live in kept if context[:len(live.prompt)] == live.prompt),
                                key=lambda live: len(live.prompt), default=None)
             seen["held"] = await session.clients["big"].live_count(BIG)
             await self._big_segment(session)

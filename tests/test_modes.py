@@ -15,7 +15,8 @@ from splitcli import demo
 from splitcli.engine import EngineClient
 from splitcli.modes import Mode, mode_names, register
 from splitcli.profiles import load_profile
-from splitcli.session import Session, run_question
+from splitcli.session import Session
+from splitcli.solve import run_question
 from splitcli.trace import Trace
 
 pytestmark = pytest.mark.usefixtures("demo_servers")
@@ -129,12 +130,12 @@ def test_a_mode_built_on_another_with_its_own_loop_keeps_the_knobs_the_session_a
         name = "test-own-loop"
 
         async def run(self, session: Session, trace: Trace) -> None:
-            seen.update(warm_every=session.warm_every, live_handoff=session.live_handoff, route=session.probe_route)
+            seen.update(session.knobs)
 
     knobs = ["modes.test-own-loop.warm_every=7", "modes.test-own-loop.live_handoff=true",
              "modes.test-own-loop.probe_route=false"]
     asyncio.run(run_question(load_profile("demo", knobs), DEMO_QUESTION, "test-own-loop"))
-    assert seen == {"warm_every": 7, "live_handoff": True, "route": False}
+    assert seen == {"warm_every": 7, "live_handoff": True, "probe_route": False}
 
 
 def test_cancelling_a_stream_aborts_the_request_on_the_server(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,8 +25,10 @@ from splitcli.engine_route import (
     may_begin,
 )
 from splitcli.modes import Mode, register
+from splitcli.probing import CloseProbe
 from splitcli.profiles import load_profile
-from splitcli.session import CloseProbe, Session, run_question
+from splitcli.session import Session
+from splitcli.solve import run_question
 from splitcli.trace import Trace
 
 pytestmark = pytest.mark.usefixtures("demo_servers")
@@ -58,7 +60,7 @@ def _probe_draft(question: str, ways: tuple[tuple[str, bool], ...] = WAYS, no_ro
                 session.clients["small"]._info["continuations"] = False
             count = len(draft.token_ids)
             for name, route in ways:
-                session.probe_route = route
+                session.use(probe_route=route)
                 found[name] = await session.probe_close(draft, 0, count, probe_tokens=6)
             await session.keep("big", segment, draft, count)
             session.close(segment, None)

@@ -123,7 +123,7 @@ def test_the_cut_after_the_big_models_own_text_is_the_same_for_any_chunking() ->
     # The big model writes "= 4" "3" "." " So"; the small model, after "= 43", writes ".</bigmodel>"
     # (the real Qwen3 vocabulary merges "." with "</"). Fed one token at a time (a prefix that must
     # wait for the next one) or all at once, the cut lands after "." (character 5).
-    from splitcli.session import CloseProbe, Cut, CutFinder
+    from splitcli.probing import CloseProbe, Cut, CutFinder
 
     pieces = ["= 4", "3", ".", " So"]
     probes = [CloseProbe(False), CloseProbe(True, ".", 4), CloseProbe(True, ""), CloseProbe(False)]

@@ -13,7 +13,8 @@ from conftest import DEMO_QUESTION, cli, cli_tty
 from splitcli import demo
 from splitcli.modes import Mode, register
 from splitcli.profiles import load_profile
-from splitcli.session import Session, run_question
+from splitcli.session import Session
+from splitcli.solve import run_question
 from splitcli.trace import Trace
 
 pytestmark = pytest.mark.usefixtures("demo_servers")

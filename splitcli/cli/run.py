@@ -16,11 +16,10 @@ from splitcli.cli.options import JsonOpt, ModeOpt, ProfileOpt, SetOpt
 from splitcli.errors import EngineError, Interrupted, UsageError
 from splitcli.modes import get_mode
 from splitcli.profiles import Profile, demo_model
-from splitcli.session import run_question
+from splitcli.solve import EMPTY_QUESTION, run_question
 from splitcli.trace import Trace, load_jsonl
 
 INTERRUPTED = "interrupted (Ctrl-C)"
-EMPTY_QUESTION = 'the question is empty (pass its text, e.g. splitreason run "What is 2 + 2?")'
 
 
 def run(

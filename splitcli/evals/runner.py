@@ -18,7 +18,7 @@ from splitcli.engine import EngineClient
 from splitcli.evals import grading, metrics
 from splitcli.evals.tasks import Problem, ProblemSet, derived_seed
 from splitcli.profiles import Profile, ServerKey
-from splitcli.session import close_clients, open_clients, run_question
+from splitcli.solve import close_clients, open_clients, run_question
 from splitcli.trace import Model
 
 SAMPLES_FILE = "samples.jsonl"

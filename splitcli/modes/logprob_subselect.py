@@ -21,9 +21,7 @@ from pydantic import Field
 from splitcli.engine import Completion, Prompt
 from splitcli.modes import Mode, ModeOptions, register
 from splitcli.session import Session
-from splitcli.trace import Model, Segment, Trace
-
-THINK_END = "</think>"
+from splitcli.trace import THINK_END, Model, Segment, Trace
 
 
 class SubselectOptions(ModeOptions):
@@ -144,7 +142,7 @@ class LogprobSubselect(Mode):
         segment = session.trace.open_segment(role)
         segment.branch = branch
         segment.text, segment.token_ids = completion.text, list(completion.token_ids)
-        session.trace.close_segment(segment, _reason(completion))
+        session.trace.close_segment(segment, completion.ended_by)
         candidate.pieces.append((role, list(completion.token_ids), completion.text))
         candidate.segments.append(segment)
         candidate.ended = candidate.ended or completion.ended_with_eos
@@ -168,9 +166,3 @@ class LogprobSubselect(Mode):
                 return
         if session.room() > 0:
             await session.write("big", session.room())
-
-
-def _reason(completion: Completion) -> str | None:
-    if completion.ended_with_eos:
-        return "eos"
-    return completion.finish_reason

@@ -16,9 +16,7 @@ from pydantic import Field
 from splitcli.engine import Completion
 from splitcli.modes import Mode, ModeOptions, register
 from splitcli.session import Session
-from splitcli.trace import Model, Segment, Trace
-
-THINK_END = "</think>"
+from splitcli.trace import THINK_END, Model, Segment, Trace
 
 
 class RewriteOptions(ModeOptions):
@@ -49,7 +47,7 @@ class SpecRewrite(Mode):
             closed = result.stopped_on_string
             if closed:
                 await session.drop_stop_string(writer, result, segment)
-            session.close(segment, "stop" if closed else _reason(result))
+            session.close(segment, "stop" if closed else result.ended_by)
             if options.drafts and closed and result.token_ids:  # an ended text is not rewritten
                 segment = await self._rewrite(session, trace, segment, result, reasoning)
             else:
@@ -93,9 +91,3 @@ class SpecRewrite(Mode):
                 session.rewind(role)
         session.commit("small", best.token_ids, best.text)
         return best
-
-
-def _reason(result: Completion) -> str | None:
-    if result.ended_with_eos:
-        return "eos"
-    return result.finish_reason

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from splitcli.modes import Mode, ProbeOptions, register
-from splitcli.session import CutFinder, Session
+from splitcli.probing import CutFinder
+from splitcli.session import Session
 from splitcli.trace import Trace
 
 
@@ -32,7 +33,7 @@ class SplitReason(Mode):
     options: SplitReasonOptions
 
     def configure(self, session: Session) -> None:
-        session.probe_route = self.options.probe_route
+        session.use(probe_route=self.options.probe_route)
 
     async def run(self, session: Session, trace: Trace) -> None:
         while True:  # the small model always writes after a big segment, if only the closing tag

@@ -17,7 +17,8 @@ from collections import deque
 from pydantic import Field, ValidationInfo, field_validator
 
 from splitcli.modes import Mode, ProbeOptions, register
-from splitcli.session import CloseProbe, Cut, CutFinder, LiveDraft, Session
+from splitcli.probing import CloseProbe, Cut, CutFinder
+from splitcli.session import LiveDraft, Session
 from splitcli.trace import Trace
 
 
@@ -55,9 +56,8 @@ class SplitReasonStream(Mode):
     options: StreamOptions
 
     def configure(self, session: Session) -> None:
-        session.warm_every = self.options.warm_every
-        session.live_handoff = self.options.live_handoff
-        session.probe_route = self.options.probe_route
+        session.use(warm_every=self.options.warm_every, live_handoff=self.options.live_handoff,
+                    probe_route=self.options.probe_route)
 
     async def run(self, session: Session, trace: Trace) -> None:
         while True:
