@@ -534,6 +534,7 @@ async def _stream(service: Service, request: _Request, asked: Conversation, mode
         result["trace"] = trace
 
     task = asyncio.ensure_future(work())
+    getter: asyncio.Future[tuple[str, str]] | None = None
     try:
         if chat:
             yield chunk({"role": "assistant", "content": ""})
@@ -567,6 +568,8 @@ async def _stream(service: Service, request: _Request, asked: Conversation, mode
                           "usage": usage([trace])})
         yield "data: [DONE]\n\n"
     finally:
+        if getter is not None and not getter.done():
+            getter.cancel()  # a client gone mid-wait: no pending Queue.get() is left to be destroyed
         if not task.done():
             task.cancel()
             service.counters.cancelled += 1

@@ -229,6 +229,7 @@ def test_a_client_that_goes_away_mid_stream_stops_the_generation(api: str) -> No
         time.sleep(0.2)
     assert cancelled == before + 1 and running == 0
     assert _metric(8102, "vllm:generation_tokens_total") - generated < 900  # nothing kept generating for nobody
+    assert "Task was destroyed but it is pending" not in cli("logs", "demo-api", "-n", "2000").out  # no task left behind
 
 
 @pytest.mark.parametrize(("body", "status", "message"), [
