@@ -308,6 +308,8 @@ class SegmentFeed:
 
 def load_jsonl(path: Path) -> Iterator[Trace]:
     """Traces saved with `--save`, one JSON document per line."""
+    if path.is_dir():
+        raise UsageError(f"{path}: a folder, not a file (give a JSONL file written by `splitreason run --save`)")
     if not path.is_file():
         raise UsageError(f"{path}: no such file (give a JSONL file written by `splitreason run --save`)")
     try:

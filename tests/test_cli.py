@@ -100,7 +100,7 @@ def _trace_line(**changes: object) -> str:
     (['"hello"'], "line 1: not a splitreason trace: a trace is a JSON object, this line holds a str"),
     (["{not json"], "line 1: not JSON (give a JSONL file written by `splitreason run --save`)"),
     (["", _trace_line(version=7)], "line 2: not a splitreason trace: trace version 7 is not supported: splitreason "
-                                   f"{__version__} reads versions 1, 2, 3 (use the splitreason that wrote it)"),
+                                   f"{__version__} reads versions 1, 2, 3, 4 (use the splitreason that wrote it)"),
     ([_trace_line(colour="red")], "line 1: not a splitreason trace: unknown field 'colour' (written by a newer "
                                   f"splitreason? this is splitreason {__version__}, trace version 4)"),
     ([_trace_line(wall_seconds="slow")], "line 1: not a splitreason trace: wall_seconds: Input should be a valid "
@@ -144,3 +144,9 @@ def test_demo_build_names_the_pairs_it_knows() -> None:
     result = cli("demo", "build", "--pair", "nope")
     assert result.code == 2 and result.out == ""
     assert result.err.strip().splitlines()[-1] == "error: --pair nope: no such demo pair (use one of: demo, demo-qwen3)"
+
+
+def test_show_on_a_folder_says_it_is_a_folder(tmp_path: Path) -> None:
+    result = cli("show", str(tmp_path))
+    assert (result.code, result.err.strip()) == (
+        2, f"error: {tmp_path}: a folder, not a file (give a JSONL file written by `splitreason run --save`)")
