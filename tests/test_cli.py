@@ -150,3 +150,9 @@ def test_show_on_a_folder_says_it_is_a_folder(tmp_path: Path) -> None:
     result = cli("show", str(tmp_path))
     assert (result.code, result.err.strip()) == (
         2, f"error: {tmp_path}: a folder, not a file (give a JSONL file written by `splitreason run --save`)")
+
+
+def test_usage_lines_name_arguments_as_posix_does() -> None:
+    lines = {" ".join(command): cli(*command, "-h", env={"COLUMNS": "120"}).out for command in (["show"], ["run"])}
+    assert "show [OPTIONS] FILE" in lines["show"] and "{file}" not in lines["show"]
+    assert "run [OPTIONS] [QUESTION]" in lines["run"]

@@ -57,6 +57,10 @@ TYPE_WORDS = {"<str>": "TEXT", "<int>": "INTEGER", "<float>": "NUMBER", "<path>"
 
 def _readable_types(params: list[Any], ctx: Any) -> None:
     for param in params:
+        if param.param_type_name == "argument" and hasattr(param, "_usage_display_name"):
+            # The usage line as POSIX writes it: FILE, [QUESTION], FOLDERS... (Typer 0.29 writes {file}).
+            shown = (param.name.upper() if param.required else f"[{param.name.upper()}]") + ("..." if param.nargs != 1 else "")
+            param._usage_display_name = lambda shown=shown: shown
         if getattr(param, "is_flag", False) or getattr(param, "is_bool_flag", False):
             word = ""
         elif param.metavar and param.param_type_name == "option":
