@@ -68,6 +68,7 @@ class Completion:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     logprobs: list[float] = field(default_factory=list)  # of each generated token, when asked for
+    top_logprobs: list[dict[str, float]] = field(default_factory=list)  # per token: the top alternatives
     # Text of each streamed delta with its token count, to cut a completion at a token boundary.
     pieces: list[tuple[str, int]] = field(default_factory=list)
 
@@ -210,9 +211,11 @@ class EngineClient:
         return response.json(), call
 
     # -- tokenizer endpoints (they apply the model's own chat template)
-    async def tokenize_chat(self, messages: list[dict[str, str]]) -> tuple[list[int], int]:
-        """Token ids of the model's own chat template applied to `messages`, and its context length."""
-        body = {"model": self.model_name, "messages": messages, "add_generation_prompt": True}
+    async def tokenize_chat(self, messages: list[dict[str, str]], continue_final: bool = False) -> tuple[list[int], int]:
+        """Token ids of the model's own chat template applied to `messages`, and its context length.
+        `continue_final`: the last message is an assistant turn the model goes on with."""
+        body = {"model": self.model_name, "messages": messages, "add_generation_prompt": not continue_final,
+                "continue_final_message": continue_final}
         data, _ = await self._post("/tokenize", body, "tokenize")
         return list(data["tokens"]), int(data.get("max_model_len") or 0)
 
@@ -394,6 +397,7 @@ class EngineClient:
             result.stop_reason = choice.get("stop_reason")
             result.pieces = [(result.text, len(result.token_ids))]
             result.logprobs = list((choice.get("logprobs") or {}).get("token_logprobs") or [])
+            result.top_logprobs = [dict(top or {}) for top in (choice.get("logprobs") or {}).get("top_logprobs") or []]
         if len(results) == 1:
             results[0].prompt_tokens, results[0].cached_tokens = call.prompt_tokens, call.cached_tokens
         return results

@@ -19,7 +19,7 @@ from splitcli.errors import EngineError, UsageError
 from splitcli.handoffs import LiveRequests
 from splitcli.probing import CloseProbe
 from splitcli.profiles import Profile, PromptConfig, Sampling, ServerKey
-from splitcli.trace import Model, Segment, Trace, strip_tags
+from splitcli.trace import THINK_END, Model, Segment, Trace, strip_tags
 
 TOKENIZER_PROBE = "Tokenizer probe: 12 * 3 = 36, so x^2 + y_1 <bigmodel>\\frac{a}{b}</bigmodel> naïve."
 
@@ -387,6 +387,52 @@ class Session:
             if self._live is not None and role == "big" and await self._live.open(prompt):
                 return
             await self.clients[role].complete([prompt], max_tokens=1, temperature=0.0, kind="warm", token_ids=False)
+
+    # ------------------------------------------------------------ steps (the training-free modes)
+    async def step(self, role: Model, max_tokens: int, delimiter: str) -> tuple[Segment, Completion]:
+        """One reasoning step by `role`: up to `delimiter` (kept, as it joins steps) or the end of the
+        thinking, at most `max_tokens`. Drafted, not committed: `keep_step` or `discard`."""
+        segment = await self.open(role)
+        stops = [delimiter] if delimiter == THINK_END else [delimiter, THINK_END]
+        result = await self.draft(role, segment, max_tokens, stop=stops)
+        return segment, result
+
+    async def keep_step(self, role: Model, segment: Segment, result: Completion) -> None:
+        await self.keep(role, segment, result, len(result.token_ids))
+        self.close(segment, result.ended_by)
+
+    def discard(self, segment: Segment, result: Completion) -> None:
+        """Throw a drafted step away: it stays in the trace, not kept (shown dimmed), its tokens spent."""
+        segment.kept = False
+        self.close(segment, result.ended_by)
+        self.trace.emit("update", segment)
+
+    async def next_token_logprobs(self, role: Model, top: int = 20) -> dict[str, float]:
+        """The `top` most likely next tokens of `role` after its context, with their log-probs."""
+        prompt = await self.context(role)
+        (result,) = await self.clients[role].complete([prompt], max_tokens=1, temperature=0.0, logprobs=top,
+                                                      kind="score", token_ids=False)
+        return result.top_logprobs[0] if result.top_logprobs else {}
+
+    async def judge(self, role: Model, instruction: str, answer_start: str, draft: str = "",
+                    top: int = 10) -> dict[str, float]:
+        """`role` reads the question and the thinking so far (and `draft`, a step not yet kept), then
+        `instruction` as the next user turn, and begins its reply with `answer_start`: its `top` most
+        likely next tokens, with log-probs (SpecReason's judge reads a score from them)."""
+        context = self.contexts[role]
+        await self.context(role)
+        seen = strip_tags(draft, self.tags.open_tag, self.tags.close_tag) if role == "big" else draft
+        thinking = context.text[len(context.prompt_text):] + seen
+        messages = [*self.trace.conversation, {"role": "user", "content": self.tags.user_message(self.trace.question, False)},
+                    {"role": "assistant", "content": self.tags.assistant_prefix + thinking},
+                    {"role": "user", "content": instruction}, {"role": "assistant", "content": answer_start}]
+        client = self.clients[role]
+        ids, _ = await client.tokenize_chat(messages, continue_final=True)
+        if context.max_model_len and len(ids) >= context.max_model_len:
+            return {}
+        (result,) = await client.complete([ids], max_tokens=1, temperature=0.0, logprobs=top, kind="score",
+                                          token_ids=False)
+        return result.top_logprobs[0] if result.top_logprobs else {}
 
     async def _ids_of(self, role: Model, text: str) -> list[int]:
         """The role's tokens of a short fixed string (tags, stop strings), asked once."""

@@ -58,8 +58,8 @@ def test_every_command_has_an_example_and_readable_help(command: list[str]) -> N
 
 def test_help_lists_the_choices_of_mode_and_only() -> None:
     run = " ".join(cli("run", "-h", env={"COLUMNS": "200"}).out.split())
-    assert ("Mode to run: big-only, logprob-subselect, random-switch, small-only, spec-decoding, spec-rewrite, "
-            "splitreason, splitreason-stream") in run
+    assert ("Mode to run: big-only, glimprouter, logprob-subselect, random-switch, small-only, spec-decoding, "
+            "spec-rewrite, specreason, splitreason, splitreason-stream") in run
     serve = " ".join(cli("serve", "-h", env={"COLUMNS": "200"}).out.split())
     assert "Start only these servers: small, big, spec" in serve
 

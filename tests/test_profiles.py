@@ -56,8 +56,8 @@ BAD_CASES = {
     ),
     "unknown mode": (
         "small: {model: s, port: 1}\nbig: {model: b}\nmode: fast",
-        "mode: unknown mode 'fast' (choose one of: big-only, logprob-subselect, random-switch, small-only, "
-        "spec-decoding, spec-rewrite, splitreason, splitreason-stream)",
+        "mode: unknown mode 'fast' (choose one of: big-only, glimprouter, logprob-subselect, random-switch, "
+        "small-only, spec-decoding, spec-rewrite, specreason, splitreason, splitreason-stream)",
     ),
     "bad mode knob": (
         "small: {model: s, port: 1}\nbig: {model: b}\nmodes: {splitreason: {chunk: 0}}",
@@ -142,8 +142,8 @@ def test_set_that_breaks_a_rule_names_the_set_argument() -> None:
      "error: --set modes.splitreason-stream.live_handoff=true: modes.splitreason-stream.live_handoff: a live handoff "
      "keeps the last warm-up alive, and warm_every is 0 (set warm_every too, e.g. 128)"),
     (["--set", "mode=fast"], "error: --set mode=fast: mode: unknown mode 'fast' (choose one of: big-only, "
-                             "logprob-subselect, random-switch, small-only, spec-decoding, spec-rewrite, splitreason, "
-                             "splitreason-stream)"),
+                             "glimprouter, logprob-subselect, random-switch, small-only, spec-decoding, spec-rewrite, "
+                             "specreason, splitreason, splitreason-stream)"),
 ])
 def test_a_bad_set_names_the_set_argument_not_the_file(args: list[str], message: str) -> None:
     result = cli("profiles", "show", "demo", *args)
