@@ -71,6 +71,7 @@ def plot(records: list[dict[str, Any]], folder: Path) -> list[Path]:
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     accepted = [r for r in records if r["status"] == "ok"]
     written = []
@@ -78,6 +79,7 @@ def plot(records: list[dict[str, Any]], folder: Path) -> list[Path]:
     ax.hist([100 * r["offload_chars"] for r in accepted], bins=20, range=(0, 100), color="#b03aa8")
     ax.set_xlabel("characters inside <bigmodel> tags (% of the trace)")
     ax.set_ylabel("traces")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of traces has no fractions
     ax.set_title(f"offload share, {len(accepted)} traces")
     fig.tight_layout()
     written.append(folder / "offload_share.png")
