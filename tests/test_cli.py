@@ -156,3 +156,9 @@ def test_usage_lines_name_arguments_as_posix_does() -> None:
     lines = {" ".join(command): cli(*command, "-h", env={"COLUMNS": "120"}).out for command in (["show"], ["run"])}
     assert "show [OPTIONS] FILE" in lines["show"] and "{file}" not in lines["show"]
     assert "run [OPTIONS] [QUESTION]" in lines["run"]
+
+
+def test_help_paragraphs_wrap_at_the_terminal_not_at_the_source_lines() -> None:
+    lines = [line.strip() for line in cli("kill-gpus", "-h", env={"COLUMNS": "200"}).out.splitlines()]
+    assert ("--json prints one object: {dry_run, plan: {gpus, nvml, servers, orphans, foreign}, ended, survived, gpus, "
+            "gpu_check}; a dry run ends nothing, so `ended` is empty there.") in lines

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import re
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from splitcli import console, servers
+from splitcli import console, demo, servers
 from splitcli.errors import Interrupted
 from splitcli.modes import check_profile
-from splitcli.profiles import Profile, ServerKey, load_profile
+from splitcli.profiles import Profile, ServerKey, demo_model, load_profile
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
@@ -30,10 +33,11 @@ def servers_in_use(profile: Profile, keys: tuple[ServerKey, ...], keep: bool = F
         missing = servers.not_running(profile, keys)
         if missing:
             after = "they keep running (--keep)" if keep else "stopped again afterwards unless --keep"
+            build_demo_models(profile, keys)
             console.info(f"starting {', '.join(missing)} (not running; {after})")
             try:
-                with console.err.status("starting servers") as spinner:
-                    use.start(on_tick=spinner.update)
+                with starting_status() as tick:
+                    use.start(on_tick=tick)
             except KeyboardInterrupt:
                 console.warn(f"interrupted: stopped {', '.join(missing)} (they were starting)")
                 raise Interrupted("interrupted while the servers started; nothing ran") from None
@@ -46,6 +50,33 @@ def servers_in_use(profile: Profile, keys: tuple[ServerKey, ...], keep: bool = F
     if released is not None:
         for name, pids in released.still_used.items():
             console.info(f"left {name} running: still used by pid {', '.join(map(str, pids))} (it stops after them)")
+
+
+def build_demo_models(profile: Profile, keys: tuple[ServerKey, ...]) -> None:
+    """Build the demo models the servers will load before saying that servers start (the build is
+    the first minute of a fresh machine's first run)."""
+    for key in keys:
+        model = str(getattr(profile.spec(key), "model", "") or "")
+        if demo_model(model) is not None:
+            demo.resolve_model(model)  # says "building ..." when it builds
+
+
+@contextlib.contextmanager
+def starting_status(every: float = 15.0) -> Iterator[Callable[[str], None]]:
+    """Progress while servers start: a spinner on a terminal; on a pipe or a file, a line every
+    `every` seconds (a spinner shows nothing there, and a minute of silence looks like a hang)."""
+    if console.err.is_terminal:
+        with console.err.status("starting servers") as spinner:
+            yield spinner.update
+        return
+    said = [time.monotonic()]
+
+    def tick(text: str) -> None:
+        if time.monotonic() - said[0] >= every:
+            said[0] = time.monotonic()
+            console.info(text)
+
+    yield tick
 
 
 # ---------------------------------------------------------------- help that reads well
@@ -71,11 +102,22 @@ def _readable_types(params: list[Any], ctx: Any) -> None:
         param.display_type_rich = lambda ctx, word=word: word
 
 
+def unwrapped(text: str | None) -> str | None:
+    """A docstring as help: each paragraph one line, for the terminal to wrap at its own width
+    (the source's line breaks are not the reader's)."""
+    if not text:
+        return text
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(text))
+    return "\n\n".join(" ".join(line.strip() for line in paragraph.splitlines()) for paragraph in paragraphs)
+
+
 class Command(TyperCommand):
-    """A Typer command whose help shows value types as words, and nothing for on/off flags."""
+    """A Typer command whose help shows value types as words, nothing for on/off flags, and its
+    paragraphs wrapped at the terminal's width."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _readable_types(self.get_params(ctx), ctx)
+        self.help = unwrapped(self.help)
         super().format_help(ctx, formatter)
 
 

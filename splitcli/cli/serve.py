@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from splitcli import console, gpus, servers
-from splitcli.cli.common import command, load
+from splitcli.cli.common import build_demo_models, command, load, starting_status
 from splitcli.cli.options import JsonOpt, ProfileOpt, SetOpt
 from splitcli.errors import ServerError, UsageError
 from splitcli.profiles import ROLES, SERVER_KEYS
@@ -62,9 +62,10 @@ def serve(
     keys = tuple(key for key in SERVER_KEYS if key in wanted)
     if not any(prof.spec(key).launched for key in keys):
         raise UsageError(f"profile {prof.name} uses external endpoints only; there is nothing to serve")
+    build_demo_models(prof, keys)
     started = time.monotonic()
-    with console.err.status("starting servers") as spinner:
-        result = servers.ensure_servers(prof, keys, on_tick=lambda text: spinner.update(text))
+    with starting_status() as tick:
+        result = servers.ensure_servers(prof, keys, on_tick=tick)
     for name in result.reused:
         console.info(f"reusing {name} (already running and healthy)")
     for record in result.records:
