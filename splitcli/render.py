@@ -308,20 +308,26 @@ def compare_table(rows: list[dict[str, Any]], console: Console) -> None:
     from rich import box
 
     show_run = any(row["name"] != row["mode"] for row in rows)
-    table = Table(title="* on the Pareto front: no other run is both faster and more accurate", title_justify="left",
-                  box=box.SIMPLE_HEAD)
+    # Run folder names are long: in the table when the terminal has room, else numbered under it
+    # (a cut or folded name cannot be pasted back into a command).
+    numbered = show_run and console.width < 72 + max(len(row["name"]) for row in rows)
+    table = Table(caption="* on the Pareto front: no other run is both faster and more accurate",
+                  caption_justify="left", box=box.SIMPLE_HEAD)
     columns = ["mode", "pass@1", "95% CI", "offload", "s/sample", "p90 s", "", *(["run"] if show_run else [])]
     for column in columns:
-        table.add_column(column, no_wrap=column != "run", justify="left" if column in ("run", "mode") else "right")
-    for row in rows:
+        table.add_column(column, no_wrap=True, justify="left" if column in ("run", "mode") else "right")
+    for number, row in enumerate(rows, start=1):
         interval = row["pass@1_ci95"]
         low_high = f"[{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "-"
         seconds = "-" if row["seconds_mean"] is None else f"{row['seconds_mean']:.2f}"
         p90 = "-" if row["seconds_p90"] is None else f"{row['seconds_p90']:.2f}"
         cells = [Text(row["mode"]), _pct(row["pass@1"]), low_high, _pct(row["offload_share"]), seconds, p90,
                  "*" if row["pareto"] else ""]
-        table.add_row(*cells, *([Text(row["name"])] if show_run else []))
+        table.add_row(*cells, *([Text(f"#{number}" if numbered else row["name"])] if show_run else []))
     console.print(table)
+    if numbered:
+        for number, row in enumerate(rows, start=1):
+            console.print(Text(f"#{number} {row['name']}"), soft_wrap=True)
 
 
 def gendata_summary(summary: dict[str, Any], console: Console) -> None:

@@ -76,3 +76,23 @@ def test_text_that_is_not_kept_is_dimmed_and_left_out_of_plain_output() -> None:
     assert "not kept" in output  # the legend says what dimmed text is
     assert "LOSER" not in render.plain_text(trace)
     assert "(+1 generated, not kept)" in render.plain_summary(trace)
+
+
+def test_compare_on_80_columns_keeps_run_names_whole_and_the_footnote_below() -> None:
+    import io
+
+    from rich.console import Console
+
+    from splitcli import render
+
+    rows = [{"name": f"aime24-{mode}-20261201-123456-abcdef", "mode": mode, "pass@1": 0.5, "pass@1_ci95": [0.3, 0.7],
+             "offload_share": 0.05, "seconds_mean": 12.3, "seconds_p90": 20.1, "pareto": True}
+            for mode in ("splitreason", "big-only")]
+    for width in (80, 140):
+        out = io.StringIO()
+        render.compare_table(rows, Console(file=out, width=width, force_terminal=False))
+        lines = out.getvalue().splitlines()
+        footnote = next(i for i, line in enumerate(lines) if line.startswith("* on the Pareto front"))
+        assert footnote > next(i for i, line in enumerate(lines) if "splitreason" in line)  # under the rows
+        for row in rows:
+            assert any(row["name"] in line for line in lines), (width, row["name"])
