@@ -48,6 +48,11 @@ class CutFinder:
         self._undecided: deque[tuple[int, CloseProbe, int]] = deque()  # (prefix, probe, its text offset)
 
     @property
+    def decided(self) -> int:
+        """Prefixes known not to end the segment: its first `decided` tokens are final."""
+        return self.seen - len(self._undecided)
+
+    @property
     def waiting(self) -> bool:
         """A prefix waits for more of the big model's text (one more token may decide it)."""
         return bool(self._undecided)

@@ -388,6 +388,18 @@ class Session:
                 return
             await self.clients[role].complete([prompt], max_tokens=1, temperature=0.0, kind="warm", token_ids=False)
 
+    def settle(self, segment: Segment, draft: Completion, tokens: int) -> None:
+        """The draft's first `tokens` are final (no cut can fall inside them): listeners that cannot take
+        text back (a terminal, an API stream) may show them now, not only once the segment closes."""
+        chars, count = len(segment.text) - len(draft.text), 0  # what the segment held before the draft
+        for text, size in draft.pieces:
+            if count + size > tokens:
+                break
+            chars, count = chars + len(text), count + size
+        if chars > getattr(segment, "final_chars", 0):
+            segment.final_chars = chars  # type: ignore[attr-defined]  # runtime only, not saved
+            self.trace.emit("final", segment)
+
     # ------------------------------------------------------------ steps (the training-free modes)
     async def step(self, role: Model, max_tokens: int, delimiter: str) -> tuple[Segment, Completion]:
         """One reasoning step by `role`: up to `delimiter` (kept, as it joins steps) or the end of the

@@ -267,7 +267,8 @@ def probe_paths(calls: list[Call]) -> dict[str, int]:
 class SegmentFeed:
     """The answer's text as it is generated, in (model, text) pieces for a listener that cannot take
     anything back (a terminal, an HTTP stream): text at once, except a `provisional` model's, which
-    comes once its segment is final (splitreason's big drafts: a probe may still cut them). For a mode
+    comes as it becomes final (splitreason's big drafts: up to where the probes say no cut can fall,
+    then the rest once the segment is closed). For a mode
     that may replace text it has shown (beams, rewrites: `defer`), nothing until the end, then the
     kept text. Subscribe it to a Trace; call `finish` last."""
 
@@ -287,6 +288,11 @@ class SegmentFeed:
             self.current, self.sent = segment, 0
         elif event == "update" and segment.model not in self.provisional and segment is self.current:
             self._send(segment, segment.text[self.sent:])
+        elif event == "final" and segment is self.current:  # a provisional segment's start can no longer change
+            upto = min(getattr(segment, "final_chars", 0), len(segment.text))
+            if upto > self.sent:
+                self.sink(segment.model, segment.text[self.sent:upto])
+                self.sent = upto
 
     def _send(self, segment: Segment, text: str) -> None:
         if text:

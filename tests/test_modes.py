@@ -221,3 +221,21 @@ def test_spec_decoding_runs_on_vllm_with_the_small_model_drafting() -> None:
     assert speculative["config"]["method"] == "draft_model" and speculative["config"]["model"] == "demo:small"
     assert trace["served"]["big"]["name"] == "demo-big"
     assert {c["model"] for c in trace["calls"]} == {"big"}
+
+
+def test_the_stream_mode_shows_big_text_as_its_probes_settle_it(pair: str) -> None:
+    """Big segments used to arrive in one piece at their end (API ITL P99 2.26 s); now each bucket
+    the probes clear is shown, and the pieces still add up to the answer's text."""
+    from splitcli.modes import get_mode
+
+    pieces: list[tuple[str, str]] = []
+    feed = get_mode("splitreason-stream").feed(lambda model, text: pieces.append((model, text)))
+    profile = load_profile(pair, ["modes.splitreason-stream.bucket=2", "modes.splitreason-stream.probes_in_flight=1"])
+    question = demo.questions_of(pair)[0].question
+    trace = asyncio.run(run_question(profile, question, "splitreason-stream", watch=lambda t: t.subscribe(feed)))
+    feed.finish(trace)
+    assert trace.error is None
+    assert "".join(text for _, text in pieces) == trace.text
+    big_segments = [segment for segment in trace.kept_segments if segment.model == "big"]
+    big_pieces = [text for model, text in pieces if model == "big"]
+    assert len(big_pieces) > len(big_segments)  # more than one piece per big segment

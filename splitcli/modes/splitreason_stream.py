@@ -19,7 +19,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from splitcli.modes import Mode, ProbeOptions, register
 from splitcli.probing import CloseProbe, Cut, CutFinder
 from splitcli.session import LiveDraft, Session
-from splitcli.trace import Trace
+from splitcli.trace import Segment, Trace
 
 
 class StreamOptions(ProbeOptions):
@@ -77,7 +77,7 @@ class SplitReasonStream(Mode):
             return True
         live = await session.start_draft("big", segment, limit)
         try:
-            cut = await self._watch(session, live)
+            cut = await self._watch(session, live, segment)
         finally:
             await live.cancel()  # the cut is known (or the run failed): stop generating
         draft = live.completion
@@ -95,7 +95,7 @@ class SplitReasonStream(Mode):
             return True
         return await session.hand_back(segment, "context")
 
-    async def _watch(self, session: Session, live: LiveDraft) -> Cut | None:
+    async def _watch(self, session: Session, live: LiveDraft, segment: Segment) -> Cut | None:
         """Probe each bucket as it arrives (at most `probes_in_flight` requests out; what arrives
         meanwhile joins the next), without pausing the stream; read answers in prefix order, and stop
         watching as soon as the earliest closing prefix is known."""
@@ -107,6 +107,7 @@ class SplitReasonStream(Mode):
                 cut = finder.feed(in_flight.popleft().result(), live.completion.text)
                 if cut is not None:
                     return cut
+                session.settle(segment, live.completion, finder.decided)
             arrived = live.tokens
             room = len(in_flight) < self.options.probes_in_flight
             if room and (arrived - probed >= self.options.bucket or (live.finished and arrived > probed)):
