@@ -116,6 +116,11 @@ class EngineClient:
         self._clock = clock
         self._record = record or (lambda call: None)
         self._next_url = itertools.cycle(urls)
+        # Session affinity: each Session's twin keeps one replica for all its calls (its prefix cache
+        # is there); a new Session takes the replica with the fewest Sessions on it (shared by twins).
+        self._sessions: dict[str, int] = dict.fromkeys(urls, 0)
+        self._pinned: str | None = None
+        self._headers = {"content-type": "application/json"}
         self.skip_special_tokens = True
         self._owner = True
         self._info: dict[str, Any] = {}  # shared with twins: asked once per command
@@ -127,11 +132,25 @@ class EngineClient:
                                                            max_keepalive_connections=max_connections,
                                                            keepalive_expiry=CLIENT_KEEPALIVE_S))
 
-    def bound(self, clock: Callable[[], float], record: Callable[[Call], None]) -> EngineClient:
-        """A twin on the same connection pool that times and records calls for one trace."""
+    def bound(self, clock: Callable[[], float], record: Callable[[Call], None], session: str = "") -> EngineClient:
+        """A twin on the same connection pool that times and records calls for one trace, all of them
+        to one replica (the least used now), with `session` in the X-Session-ID header that routers
+        (vllm-router's consistent hashing, llm-d) hash to keep a session on one engine."""
         twin = copy.copy(self)
         twin._clock, twin._record, twin._owner = clock, record, False
+        twin._pinned = min(self.urls, key=lambda url: self._sessions[url])
+        self._sessions[twin._pinned] += 1
+        twin._headers = {**self._headers, **({"x-session-id": session} if session else {})}
         return twin
+
+    def release(self) -> None:
+        """A twin's session ended: its replica has one Session fewer."""
+        if self._pinned is not None and not self._owner:
+            self._sessions[self._pinned] -= 1
+            self._pinned = None
+
+    def _url(self) -> str:
+        return self._pinned or next(self._next_url)
 
     async def aclose(self) -> None:
         if self._owner:
@@ -192,11 +211,10 @@ class EngineClient:
     async def _send(self, path: str, body: dict[str, Any], kind: str,
                     url: str | None = None) -> tuple[httpx.Response, Call, str]:
         """POST to `url` or the next replica: the response, its (timed, not yet recorded) Call, and the URL."""
-        url = url or next(self._next_url)
-        call = Call(self.role, kind, self._clock(), 0.0)
+        url = url or self._url()
+        call = Call(self.role, kind, self._clock(), 0.0, url=url)
         try:
-            response = await self._http.post(f"{url}{path}", content=_encode(body),
-                                             headers={"content-type": "application/json"})
+            response = await self._http.post(f"{url}{path}", content=_encode(body), headers=self._headers)
         except httpx.HTTPError as exc:
             raise self._failure(url, exc) from None
         finally:
@@ -285,10 +303,10 @@ class EngineClient:
         request ends with it. None, with nothing generated, when the server no longer holds it."""
         body = {"op": "append", "id": live.id, "tokens": tokens, "max_tokens": max_tokens, "temperature": temperature,
                 "top_p": top_p, "seed": seed, "skip_special_tokens": self.skip_special_tokens}
-        call = Call(self.role, "generate", self._clock(), 0.0)
+        call = Call(self.role, "generate", self._clock(), 0.0, url=live.url)
         result = result if result is not None else Completion()
         with self._streamed(live.url, call, result, len(live.prompt) + len(tokens), len(live.prompt)):
-            async with self._http.stream("POST", f"{live.url}{LIVE_PATH}", json=body) as response:
+            async with self._http.stream("POST", f"{live.url}{LIVE_PATH}", json=body, headers=self._headers) as response:
                 if response.status_code != 200:
                     await response.aread()
                     if response.status_code != 404:  # 404: the server ended it (it keeps a few at most)
@@ -410,11 +428,11 @@ class EngineClient:
         `result` (if given) fills as they do. Cancelling the task closes the HTTP stream, which makes
         vLLM abort the request; the call is recorded as cancelled with what arrived."""
         body = self._body(prompt, max_tokens, temperature, top_p, seed, stop, stream=True)
-        url = next(self._next_url)
-        call = Call(self.role, "generate", self._clock(), 0.0)
+        url = self._url()
+        call = Call(self.role, "generate", self._clock(), 0.0, url=url)
         result = result if result is not None else Completion()
         with self._streamed(url, call, result):
-            async with self._http.stream("POST", f"{url}/v1/completions", json=body) as response:
+            async with self._http.stream("POST", f"{url}/v1/completions", json=body, headers=self._headers) as response:
                 if response.status_code != 200:
                     await response.aread()
                     raise EngineError(f"{self.role} model at {url} rejected the request: {_error_message(response)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,8 +80,10 @@ class Session:
         self.sampling = sampling or profile.sampling
         self.tags: PromptConfig = profile.prompt
         self.servers = servers
-        self.clients: dict[Model, EngineClient] = {  # the caller's pools, recording into this trace
-            role: clients[role].bound(clock=trace.now, record=trace.calls.append) for role in roles
+        trace.session_id = trace.session_id or uuid.uuid4().hex[:16]
+        self.clients: dict[Model, EngineClient] = {  # the caller's pools, recording into this trace, one replica each
+            role: clients[role].bound(clock=trace.now, record=trace.calls.append, session=trace.session_id)
+            for role in roles
         }
         self.contexts: dict[Model, Context] = {role: Context() for role in roles}
         self.shared_tokenizer = False
@@ -113,6 +116,8 @@ class Session:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._live is not None:
             await self._live.aclose()
+        for client in self.clients.values():
+            client.release()
 
     def in_background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run `work` alongside; cancelled when the session ends; its failure is not the run's."""

@@ -49,6 +49,7 @@ class Call:
     cancelled: bool = False  # a stream closed before its end (vLLM aborts the request)
     path: str | None = None  # probes: "route" (our continuations route) or "openai" (every prefix resent)
     why: str | None = None  # ... and why not the route (or why the route failed)
+    url: str | None = None  # the replica that answered (a session keeps one per model)
 
     @property
     def seconds(self) -> float:
@@ -98,6 +99,7 @@ class Trace:
     # the start of the answer the model continues (a final assistant message).
     conversation: list[dict[str, str]] = field(default_factory=list)
     prefill: str = ""
+    session_id: str = ""  # sent as X-Session-ID with every request, for routers that keep a session on one engine
     models: dict[str, str] = field(default_factory=dict)
     # What each server really serves: name, root (path or HF id), revision, vLLM version.
     served: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -136,3 +136,22 @@ def test_cuda_builds_of_torchvision_next_to_a_cpu_torch_are_named_with_the_fix()
     assert companion_clash({"torch": "2.13.0+cpu", "torchvision": "0.28.0+cpu"}.get) is None  # matching CPU builds
     assert companion_clash({"torch": "2.11.0+cu130", "torchvision": "0.26.0"}.get) is None  # a GPU install
     assert companion_clash() is None  # this environment (the README's install uninstalls them)
+
+
+REPLICAS = ["http://127.0.0.1:8101", "http://localhost:8101"]
+
+
+def test_a_session_sends_its_id_for_routers_to_hash() -> None:
+    import asyncio
+
+    from splitcli.engine import EngineClient
+
+    shared = EngineClient("small", "demo-small", REPLICAS, "start it")
+    first, second = (shared.bound(lambda: 0.0, lambda call: None, session=key) for key in ("a1", "b2"))
+    assert first._headers["x-session-id"] == "a1" and second._headers["x-session-id"] == "b2"
+    assert {first._url(), second._url()} == set(REPLICAS)  # the second took the free replica
+    freed = first._url()
+    first.release()
+    third = shared.bound(lambda: 0.0, lambda call: None, session="c3")
+    assert third._url() == freed  # the least used replica again
+    asyncio.run(shared.aclose())
