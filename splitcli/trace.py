@@ -302,7 +302,7 @@ class SegmentFeed:
         self.sent = len(segment.text)
 
     def _flush(self) -> None:
-        if self.current is not None:
+        if self.current is not None and self.current.kept:  # a draft thrown away is never shown
             self._send(self.current, self.current.text[self.sent:])
 
     def finish(self, trace: Trace) -> None:

@@ -38,8 +38,11 @@ def _segments(trace: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return [(s["model"], s["text"], s["kept"]) for s in trace["segments"]]
 
 
-def test_there_are_eight_modes() -> None:
-    assert sorted(ALL_MODES) == [name for name in mode_names() if not name.startswith("test-")]
+PEER_MODES = ["glimprouter", "specreason"]  # training-free peer methods: tests/test_peer_modes.py
+
+
+def test_there_are_ten_modes() -> None:
+    assert sorted(ALL_MODES + PEER_MODES) == [name for name in mode_names() if not name.startswith("test-")]
 
 
 # spec-decoding needs the big model's spec server, which only the demo pair's tests start.

@@ -58,7 +58,7 @@ class SpecReason(Mode):
     summary = "the small model drafts each step, the big one scores it and rewrites the weak ones (SpecReason)"
     Options = SpecReasonOptions
     options: SpecReasonOptions
-    replaces_text = False
+    provisional = ("small",)  # a draft is shown once the judge has kept it
 
     async def run(self, session: Session, trace: Trace) -> None:
         options, steps = self.options, trace.extra.setdefault("steps", [])
