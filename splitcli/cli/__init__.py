@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Annotated, Any
 
@@ -73,6 +74,9 @@ def main() -> None:
     from splitcli.errors import SplitError
 
     load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)
+    # Started in the background by a non-interactive shell (or under nohup in a script), a process
+    # inherits SIGINT ignored, and Ctrl-C would then never stop it: restore Python's handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     click = _click()
     try:
         code = app(standalone_mode=False)  # click's errors come here, to be said in one line
