@@ -48,6 +48,13 @@ class Result:
     def json(self) -> object:
         return json.loads(self.out)
 
+    def error_line(self) -> str:
+        """The one `error:` line on stderr; only progress lines (`·`) may come before it."""
+        lines = self.err.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith("error: "))
+        assert all(line.startswith("· ") for line in lines[:at]), lines[:at]
+        return lines[at]
+
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, stdin: str | None = None) -> Result:
     """Run `splitreason ARGS` as a user would: a fresh process, real exit code, separate streams

@@ -125,7 +125,7 @@ def test_a_failed_start_stops_only_what_it_launched(tmp_path: Path) -> None:
     not_a_model.mkdir()
     result = cli("serve", "--set", f"big.model={not_a_model}", "--detach", timeout=600)
     assert result.code == 2
-    assert result.err.splitlines()[0].startswith("error: server demo-big exited with code 1 while starting")
+    assert result.error_line().startswith("error: server demo-big exited with code 1 while starting")
     rows = {row["name"]: row for row in cli("ps", "--json").json()}  # type: ignore[union-attr]
     assert set(rows) == {"demo-small"}  # reused, not launched here: untouched
     assert rows["demo-small"]["pid"] == small_pid and rows["demo-small"]["status"] == "healthy"
@@ -145,7 +145,7 @@ def test_bad_model_path_fails_fast_with_the_servers_own_error(tmp_path: Path) ->
     empty.mkdir()
     result = cli("serve", "--only", "small", "--set", f"small.model={empty}", "--detach", timeout=600)
     assert result.code == 2
-    first = result.err.splitlines()[0]
+    first = result.error_line()
     assert first.startswith("error: server demo-small exited with code 1 while starting (log: ")
     assert str(empty) in result.err  # vLLM's own complaint about the path, from its log
     assert _ours() == []
