@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from splitcli import servers
+from splitcli import server_records, servers
 from splitcli.evals import runner
 from splitcli.evals.tasks import get_task, load_problems
 from splitcli.modes import check_profile, get_mode
@@ -31,7 +31,7 @@ from splitcli.profiles import load_profile
 def _server_cpu_seconds() -> float:
     """CPU time used so far by every process of our servers (API servers, engine cores)."""
     total = 0.0
-    for proc in (proc for members in servers.our_processes().values() for proc in members):
+    for proc in (proc for members in server_records.our_processes().values() for proc in members):
         try:
             times = proc.cpu_times()
             total += times.user + times.system

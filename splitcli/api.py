@@ -9,7 +9,8 @@ older name, `reasoning_content`; the answer in `content`; streamed deltas say wh
 template (their thinking dropped), the hint in the last user turn, a final assistant message
 continued. Stop strings end the answer, never the thinking. At most `api.max_in_flight`
 sessions run at once; up to `api.max_queue` more wait; beyond that, 429 with Retry-After. A client
-that disconnects cancels its Session, which aborts its requests on the vLLM servers.
+that disconnects cancels its Session, which aborts its requests on the vLLM servers. The wire
+format (request and response shapes, usage, finish reasons, error bodies) is in openai_format.py.
 
     python -m splitcli.api --profile demo --port 8100      (what `splitreason serve --api` runs)
 """
@@ -19,11 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,227 +29,33 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from splitcli import __version__, servers
 from splitcli.engine import EngineClient
-from splitcli.errors import EngineError, ServerError, SplitError, UsageError
+from splitcli.errors import SplitError
 from splitcli.modes import check_profile, get_mode, mode_names
+from splitcli.openai_format import (
+    BASE_ID,
+    ApiError,
+    ApiRequest,
+    ChatRequest,
+    ChunkStream,
+    CompletionRequest,
+    Conversation,
+    ThinkSplit,
+    conversation,
+    error_reply,
+    finish_reason,
+    invalid_field,
+    parse_request,
+    response_body,
+)
 from splitcli.profiles import Profile, ServerKey, load_profile
 from splitcli.solve import close_clients, open_pool, run_question
 from splitcli.trace import THINK_END, Model, Trace
 
-BASE_ID = "splitreason"
 log = logging.getLogger("splitreason.api")
-
-
-# ---------------------------------------------------------------- requests
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow")  # fields OpenAI clients send that we do not use are ignored
-
-    model: str = BASE_ID
-    n: int = Field(1, ge=1, le=16)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-
-    @property
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop or [] if s]
-
-    def refuse_unsupported(self) -> None:
-        """A parameter we cannot honour is an error, not a 200 that ignores it."""
-        extra = self.model_extra or {}
-        given = [name for name in UNSUPPORTED if name in extra and not _harmless(name, extra[name])]
-        if given:
-            raise ApiError(400, f"{given[0]}: not supported by splitreason (unsupported here: {', '.join(given)})",
-                           "invalid_request_error", given[0])
-
-
-def _harmless(name: str, value: Any) -> bool:
-    """An unsupported parameter sent with its 'off' value, as many clients do."""
-    return value in (None, False, [], {}) or (name == "tool_choice" and value == "none") \
-        or (name == "response_format" and value == {"type": "text"}) or (name == "best_of" and value == 1)
-
-
-# OpenAI parameters that change what comes back, which a composed reasoning pair does not do.
-UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs",
-               "top_logprobs", "logit_bias", "echo", "best_of", "suffix", "audio", "modalities", "prediction")
-
-
-class ChatRequest(_Request):
-    messages: list[dict[str, Any]] = Field(min_length=1)
-
-
-class CompletionRequest(_Request):
-    prompt: str | list[str]
-
-
-def _content(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    if isinstance(content, list):  # content parts: the text ones
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return str(content or "")
-
-
-@dataclass
-class Conversation:
-    question: str  # the last user turn's text
-    before: list[dict[str, str]]  # the turns before it
-    prefill: str  # a final assistant message: the answer's start
-
-
-def conversation(messages: list[dict[str, Any]]) -> Conversation:
-    """The prompt a chat request makes. Earlier assistant turns keep their answer only (R1's and
-    Qwen3's templates drop the thinking of earlier turns too); a last assistant turn is continued."""
-    roles = [message.get("role") for message in messages]
-    for index, role in enumerate(roles):
-        if role not in ("system", "developer", "user", "assistant"):
-            raise ApiError(400, f"messages[{index}].role: {role!r} is not supported (use system, user or assistant)",
-                           "invalid_request_error", f"messages.{index}.role")
-    if "user" not in roles:
-        raise ApiError(400, "messages: no user message (the last user message is the question)",
-                       "invalid_request_error", "messages")
-    last = len(roles) - 1 - roles[::-1].index("user")
-    after = messages[last + 1:]
-    if len(after) > 1:
-        raise ApiError(400, "messages: after the last user message only one assistant message (the answer's start) "
-                            "may follow", "invalid_request_error", "messages")
-    before = []
-    for message in messages[:last]:
-        role, text = str(message["role"]), _content(message)
-        if role == "assistant":
-            text = text.split(THINK_END, 1)[-1].lstrip("\n")
-        before.append({"role": "system" if role == "developer" else role, "content": text})
-    return Conversation(_content(messages[last]), before, _content(after[0]) if after else "")
-
-
-# ---------------------------------------------------------------- errors in OpenAI's shape
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str, param: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param, self.headers = status, message, kind, param, headers or {}
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
-
-
-def _engine_error(exc: SplitError, model: str) -> ApiError:
-    message = str(exc)
-    down = isinstance(exc, EngineError) and " failed (" in message and ("Connect" in message or "RemoteProtocol" in message)
-    if down:
-        return ApiError(503, f"{message.split(' failed (')[0]} is down; model {model!r} cannot answer now",
-                        "service_unavailable")
-    if isinstance(exc, UsageError):
-        return ApiError(400, message, "invalid_request_error", "messages")
-    if isinstance(exc, ServerError):
-        return ApiError(503, message, "service_unavailable")
-    return ApiError(502, message, "upstream_error")
-
-
-# ---------------------------------------------------------------- the text as OpenAI wants it
-
-
-class ThinkSplit:
-    """Turns the answer's text, piece by piece, into (reasoning, content) deltas: before the first
-    </think> is reasoning (the tag itself is dropped), after it the answer. A piece of a possible
-    tag or stop string is held back until it is certain; a stop string in the answer ends the text
-    (in the thinking it is text: a real model's thinking is full of lm-eval's "\n\n")."""
-
-    def __init__(self, stops: list[str], thinking: bool = True, keep_tag: bool = False) -> None:
-        self.stops = stops
-        self.keep_tag = keep_tag  # completions: one text, the tag in it
-        self.in_answer = not thinking  # the text starts in the answer (a prefill that closed the thinking)
-        self.answered = False  # some answer text went out (the newlines after </think> do not count)
-        self.after_think = False
-        self.held = ""
-        self.stopped = False
-
-    def feed(self, text: str, final: bool = False) -> list[tuple[str, str]]:
-        """[(kind, text)] with kind 'reasoning' or 'content'."""
-        if self.stopped:
-            return []
-        self.held += text
-        out: list[tuple[str, str]] = []
-        while True:
-            end = -1 if self.in_answer else self.held.find(THINK_END)
-            if end >= 0:
-                self._emit(out, self.held[:end + (len(THINK_END) if self.keep_tag else 0)])
-                self.held, self.in_answer, self.after_think = self.held[end + len(THINK_END):], True, True
-                continue
-            # The thinking is never cut, nor the newlines that follow </think> (lm-eval stops at "\n\n").
-            lead = len(self.held) - len(self.held.lstrip("\n")) if self.after_think and not self.answered else 0
-            cut, _ = _first(self.held[lead:], self.stops) if self.in_answer else (-1, "")
-            if cut >= 0:
-                cut += lead
-                self._emit(out, self.held[:cut])
-                self.held, self.stopped = "", True
-                return out
-            keep = 0 if final else _partial_suffix(self.held, self.stops if self.in_answer else [THINK_END])
-            self._emit(out, self.held[: len(self.held) - keep])
-            self.held = self.held[len(self.held) - keep:]
-            return out
-
-    def _emit(self, out: list[tuple[str, str]], text: str) -> None:
-        if self.in_answer and not self.answered and self.after_think:
-            text = text if self.keep_tag else text.lstrip("\n")
-            self.answered = bool(text.strip("\n"))
-        if text:
-            out.append(("content" if self.in_answer else "reasoning", text))
-
-
-def _first(text: str, needles: list[str]) -> tuple[int, str]:
-    found = [(text.find(n), n) for n in needles if text.find(n) >= 0]
-    return min(found) if found else (-1, "")
-
-
-def _partial_suffix(text: str, needles: list[str]) -> int:
-    """Length of the longest end of `text` that begins one of `needles` (it may complete later)."""
-    longest = 0
-    for needle in needles:
-        for size in range(min(len(needle) - 1, len(text)), longest, -1):
-            if needle.startswith(text[-size:]):
-                longest = size
-                break
-    return longest
-
-
-def split_answer(text: str, stops: list[str], thinking: bool = True) -> tuple[str | None, str, bool]:
-    """(reasoning, content, stopped) of a whole text."""
-    splitter = ThinkSplit(stops, thinking)
-    parts = splitter.feed(text, final=True)
-    reasoning = "".join(t for kind, t in parts if kind == "reasoning")
-    content = "".join(t for kind, t in parts if kind == "content")
-    return (reasoning or None), content, splitter.stopped
-
-
-def usage(traces: list[Trace]) -> dict[str, Any]:
-    """OpenAI's usage fields, plus what splitreason measures (tokens per model, offload, handoffs)."""
-    stats = [trace.stats() for trace in traces]
-    prompt = traces[0].prompt_tokens if traces else 0
-    completion = sum(s["generated_tokens"] for s in stats)
-    latencies = [s["mean_handoff_latency_s"] for s in stats if s["mean_handoff_latency_s"] is not None]
-    return {
-        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-        "splitreason": {
-            "tokens": {m: sum(s["tokens"][m] for s in stats) for m in ("small", "big")},
-            "spent_tokens": {m: sum(s["spent_tokens"][m] for s in stats) for m in ("small", "big")},
-            "offload_share": round(sum(s["tokens"]["big"] for s in stats) / completion, 4) if completion else 0.0,
-            "handoffs": sum(s["handoffs"] for s in stats),
-            "mean_handoff_latency_s": round(sum(latencies) / len(latencies), 4) if latencies else None,
-        },
-    }
 
 
 # ---------------------------------------------------------------- the service
@@ -313,7 +117,7 @@ class Service:
             self.counters.running -= 1
             self.gate.release()
 
-    def sampling(self, request: _Request, index: int) -> Any:
+    def sampling(self, request: ApiRequest, index: int) -> Any:
         limit = request.max_completion_tokens or request.max_tokens
         update: dict[str, Any] = {"max_new_tokens": limit}
         if request.temperature is not None:
@@ -324,7 +128,7 @@ class Service:
             update["seed"] = request.seed + index
         return self.profile.sampling.model_copy(update={k: v for k, v in update.items() if v is not None})
 
-    async def run(self, asked: Conversation, mode_name: str, request: _Request, index: int,
+    async def run(self, asked: Conversation, mode_name: str, request: ApiRequest, index: int,
                   watch: Callable[[Trace], None] | None = None) -> Trace:
         if self.log_prompts:
             log.info("question (%s, %d turns before): %r", mode_name, len(asked.before), asked.question[:2000])
@@ -335,7 +139,7 @@ class Service:
                                        sampling=self.sampling(request, index), watch=watch, partial_on_error=False,
                                        conversation=asked.before, prefill=asked.prefill)
         except SplitError as exc:
-            raise _engine_error(exc, request.model) from None
+            raise error_reply(exc, request.model) from None
         self.counters.finished += 1
         return trace
 
@@ -383,8 +187,7 @@ def create_app(profile: Profile, max_in_flight: int = 8, max_queue: int = 64, ap
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Any:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"] if part != "body")
-        return await api_error(request, ApiError(400, f"{where}: {first['msg']}", "invalid_request_error", where or None))
+        return await api_error(request, invalid_field(first["loc"], first["msg"]))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Any:  # the server keeps serving
@@ -418,19 +221,19 @@ def create_app(profile: Profile, max_in_flight: int = 8, max_queue: int = 64, ap
 
     @app.post("/v1/chat/completions")
     async def chat(raw: Request) -> Any:
-        request = _parse(ChatRequest, await _json(raw))
+        request = parse_request(ChatRequest, await _json(raw))
         return await _answer(state["service"], request, conversation(request.messages), chat=True)
 
     @app.post("/v1/completions")
     async def complete(raw: Request) -> Any:
-        request = _parse(CompletionRequest, await _json(raw))
+        request = parse_request(CompletionRequest, await _json(raw))
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         if len(prompts) != 1:
             raise ApiError(400, "prompt: send one prompt per request (use n for several samples)",
                            "invalid_request_error", "prompt")
         return await _answer(state["service"], request, Conversation(prompts[0], [], ""), chat=False)
 
-    async def _answer(service: Service, request: _Request, asked: Conversation, chat: bool) -> Any:
+    async def _answer(service: Service, request: ApiRequest, asked: Conversation, chat: bool) -> Any:
         service.counters.requests += 1
         request.refuse_unsupported()
         mode_name = service.mode(request.model)
@@ -448,7 +251,7 @@ def create_app(profile: Profile, max_in_flight: int = 8, max_queue: int = 64, ap
                 return await service.run(asked, mode_name, request, index)
 
         traces = await asyncio.gather(*(one(i) for i in range(request.n)))
-        return _response(request, traces, chat, thinking=THINK_END not in asked.prefill)
+        return response_body(request, traces, chat, thinking=THINK_END not in asked.prefill)
 
     return app
 
@@ -460,72 +263,15 @@ async def _json(raw: Any) -> Any:
         raise ApiError(400, "the body is not JSON", "invalid_request_error") from None
 
 
-def _parse(kind: type[_Request], body: Any) -> Any:
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object", "invalid_request_error")
-    try:
-        return kind.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ApiError(400, f"{where}: {first['msg']}", "invalid_request_error", where or None) from None
-
-
-def _event(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data)}\n\n"
-
-
-def _finish_reason(trace: Trace, stopped: bool) -> str:
-    if stopped:
-        return "stop"
-    last = trace.kept_segments[-1].finish_reason if trace.kept_segments else None
-    return "stop" if last in ("eos", "stop", "handback") else "length"
-
-
-def _response(request: _Request, traces: list[Trace], chat: bool, thinking: bool = True) -> dict[str, Any]:
-    created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-    choices = []
-    for index, trace in enumerate(traces):
-        if chat:
-            reasoning, content, stopped = split_answer(trace.text, request.stops, thinking)
-            # vLLM renamed reasoning_content to reasoning, then dropped the old name: clients read either.
-            message = {"role": "assistant", "content": content, "reasoning": reasoning, "reasoning_content": reasoning}
-            choices.append({"index": index, "message": message, "finish_reason": _finish_reason(trace, stopped)})
-        else:
-            splitter = ThinkSplit(request.stops, keep_tag=True)
-            text = "".join(piece for _, piece in splitter.feed(trace.text, final=True))
-            choices.append({"index": index, "text": text, "finish_reason": _finish_reason(trace, splitter.stopped),
-                            "logprobs": None})
-    return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
-            "model": request.model, "choices": choices, "usage": usage(traces)}
-
-
-async def _stream(service: Service, request: _Request, asked: Conversation, mode_name: str,
+async def _stream(service: Service, request: ApiRequest, asked: Conversation, mode_name: str,
                   chat: bool) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with [DONE]. Leaving early (the client
     went away) cancels the session: its requests are aborted on the vLLM servers."""
-    created, rid = int(time.time()), f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-    kind = "chat.completion.chunk" if chat else "text_completion"
+    chunks = ChunkStream(request.model, chat)
     queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     feed = get_mode(mode_name).feed(lambda model, text: queue.put_nowait((model, text)))
     splitter = ThinkSplit(request.stops, thinking=THINK_END not in asked.prefill, keep_tag=not chat)
     result: dict[str, Any] = {}
-
-    def chunk(delta: dict[str, Any], model: str | None = None, finish: str | None = None) -> str:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
-        if chat:
-            # Beside OpenAI's fields of the delta, where a client finds extra ones (`delta.model_extra`).
-            choice["delta"] = {**delta, **({"splitreason_model": model} if model is not None else {})}
-        else:
-            choice["text"], choice["logprobs"] = delta.get("content", ""), None
-            if model is not None:
-                choice["splitreason_model"] = model
-        return _event({"id": rid, "object": kind, "created": created, "model": request.model, "choices": [choice]})
-
-    def delta(part: str, piece: str) -> dict[str, Any]:
-        if chat and part == "reasoning":
-            return {"reasoning": piece, "reasoning_content": piece}
-        return {"content": piece}
 
     async def work() -> None:
         async with service.slot():
@@ -537,7 +283,7 @@ async def _stream(service: Service, request: _Request, asked: Conversation, mode
     getter: asyncio.Future[tuple[str, str]] | None = None
     try:
         if chat:
-            yield chunk({"role": "assistant", "content": ""})
+            yield chunks.chunk({"role": "assistant", "content": ""})
         while True:
             getter = asyncio.ensure_future(queue.get())
             await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
@@ -548,25 +294,22 @@ async def _stream(service: Service, request: _Request, asked: Conversation, mode
                 pieces.append(queue.get_nowait())
             for model, text in pieces:
                 for part, piece in splitter.feed(text):
-                    yield chunk(delta(part, piece), model)
+                    yield chunks.piece(part, piece, model)
             if splitter.stopped and not task.done():
                 task.cancel()  # a stop string ended the text: stop generating
             if task.done() and queue.empty():
                 break
         if not task.cancelled() and task.exception() is not None:
-            error = task.exception()
-            body = error.body() if isinstance(error, ApiError) else ApiError(500, str(error), "internal_error").body()
-            yield f"data: {json.dumps(body)}\n\n"
-            yield "data: [DONE]\n\n"
+            yield chunks.error(task.exception())  # type: ignore[arg-type]
+            yield chunks.DONE
             return
         for part, piece in splitter.feed("", final=True):
-            yield chunk(delta(part, piece))
+            yield chunks.piece(part, piece)
         trace = result.get("trace")
-        yield chunk({}, finish=_finish_reason(trace, splitter.stopped) if trace else "stop")
+        yield chunks.chunk({}, finish=finish_reason(trace, splitter.stopped) if trace else "stop")
         if (request.stream_options or {}).get("include_usage") and trace is not None:
-            yield _event({"id": rid, "object": kind, "created": created, "model": request.model, "choices": [],
-                          "usage": usage([trace])})
-        yield "data: [DONE]\n\n"
+            yield chunks.usage(trace)
+        yield chunks.DONE
     finally:
         if getter is not None and not getter.done():
             getter.cancel()  # a client gone mid-wait: no pending Queue.get() is left to be destroyed
@@ -579,6 +322,8 @@ async def _stream(service: Service, request: _Request, asked: Conversation, mode
 
 def main() -> None:
     """Serve the API (the managed process `splitreason serve --api` starts)."""
+    # Plain argparse: server_commands.api_command builds this command line for the API's own
+    # managed process (started and stopped like a vLLM server); users run `splitreason serve --api`.
     parser = argparse.ArgumentParser(description="splitreason's OpenAI-compatible API")
     parser.add_argument("--profile", default="demo")
     parser.add_argument("--set", action="append", default=[], dest="overrides")

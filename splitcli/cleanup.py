@@ -15,14 +15,14 @@ import psutil
 from rich.table import Table
 from rich.text import Text
 
-from splitcli import console, gpus, servers
+from splitcli import console, gpus, processes, server_records, servers
 from splitcli.errors import UsageError
 
 
 @dataclass
 class KillPlan:
     gpu_filter: list[int] | None
-    ours: list[servers.ServerRecord] = field(default_factory=list)
+    ours: list[server_records.ServerRecord] = field(default_factory=list)
     orphans: list[psutil.Process] = field(default_factory=list)
     foreign: list[gpus.GpuProcess] = field(default_factory=list)
     nvml: bool = False
@@ -31,16 +31,9 @@ class KillPlan:
         return {
             "gpus": self.gpu_filter, "nvml": self.nvml,
             "servers": [{"name": r.name, "pid": r.pid, "gpus": r.gpus} for r in self.ours],
-            "orphans": [{"pid": p.pid, "command": _command(p)} for p in self.orphans],
+            "orphans": [{"pid": p.pid, "command": processes.command_line(p, 100)} for p in self.orphans],
             "foreign": [vars(p) for p in self.foreign],
         }
-
-
-def _command(proc: psutil.Process) -> str:
-    try:
-        return " ".join(proc.cmdline())[:100] or proc.name()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return "?"
 
 
 def _visible_gpus(proc: psutil.Process) -> set[int]:
@@ -67,10 +60,10 @@ def plan(gpu_filter: list[int] | None, include_foreign: bool) -> KillPlan:
     if gpu_filter is not None and result.nvml:
         _check_gpus(gpu_filter)
     wanted = set(gpu_filter) if gpu_filter is not None else None
-    records = servers.all_records()
+    records = server_records.all_records()
     result.ours = [r for r in records if wanted is None or wanted & set(r.gpus)]
     recorded = {proc.pid for record in records for proc in record.processes()}
-    for members in servers.our_processes().values():  # launched from this state dir only
+    for members in server_records.our_processes().values():  # launched from this state dir only
         # Engine cores and workers rename themselves, which hides their environment: a session's
         # GPUs are those its marked members show.
         visible = set().union(*(_visible_gpus(proc) for proc in members))
@@ -93,7 +86,7 @@ def render_plan(kill_plan: KillPlan, include_foreign: bool = False) -> None:
     for record in kill_plan.ours:
         console.say(f"splitreason server {record.name} (pid {record.pid}, GPUs {record.gpus or 'cpu'})")
     for proc in kill_plan.orphans:
-        console.say(f"orphan of a splitreason server: pid {proc.pid} ({_command(proc)})")
+        console.say(f"orphan of a splitreason server: pid {proc.pid} ({processes.command_line(proc, 100)})")
     if kill_plan.foreign:
         table = Table("GPU", "pid", "user", "command", "GPU memory", title="processes splitreason did not start")
         for p in kill_plan.foreign:
@@ -113,16 +106,16 @@ def execute(kill_plan: KillPlan) -> dict[str, Any]:
         result = servers.stop(record, quiet=True)
         ended += [record.pid]
         survivors += result.left
-    left = servers.terminate(kill_plan.orphans, grace=10.0)
+    left = processes.terminate(kill_plan.orphans, grace=10.0)
     ended += [p.pid for p in kill_plan.orphans]
     survivors += [p.pid for p in left]
     foreign_procs = []
     for entry in kill_plan.foreign:
         # Rebuilt from the pid listed before the confirmation: only if it is still that process.
-        proc = servers.same_process(entry.pid, entry.create_time)
+        proc = processes.same_process(entry.pid, entry.create_time)
         if proc is not None:
             foreign_procs.append(proc)
-    survivors += [p.pid for p in servers.terminate(foreign_procs, grace=10.0)]
+    survivors += [p.pid for p in processes.terminate(foreign_procs, grace=10.0)]
     ended += [p.pid for p in foreign_procs]
     if not kill_plan.nvml:
         return {**empty_report("skipped: no NVIDIA driver (NVML unavailable)"), "ended": ended, "survived": survivors}

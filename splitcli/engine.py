@@ -1,34 +1,27 @@
 """Async client for vLLM's OpenAI-compatible completions API (plus its tokenize endpoints).
 
 Requests are spread round-robin over a model's replicas. Every request is recorded as a Call.
+The connection (pool, replicas, session affinity, what the server serves) is engine_connection.py;
+what requests and replies look like on the wire, engine_wire.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
-import itertools
 import json
-import ssl
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Any
 
 import httpx
 
+from splitcli.engine_connection import ModelConnection
 from splitcli.engine_route import LIVE_PATH
 from splitcli.engine_route import PATH as CONTINUATIONS_PATH
-from splitcli.errors import EngineError, ServerError
-from splitcli.trace import Call, Model
-
-# A vLLM server we did not start closes a connection idle for 5 s (its default keep-alive); httpx
-# would reuse one for 5 s too. A request sent on a connection the server is closing at that moment
-# dies with a reset (ReadError), likelier the busier either side's event loop. Dropping idle
-# connections after 2 s leaves 3 s of slack; a new localhost connection costs a fraction of a ms.
-CLIENT_KEEPALIVE_S = 2.0
+from splitcli.engine_wire import Usage, completion_body, route_failure, sse_event
+from splitcli.errors import EngineError
+from splitcli.trace import Call
 
 
 @dataclass(frozen=True)
@@ -98,115 +91,13 @@ class Completion:
         return self.finish_reason == "stop" and isinstance(self.stop_reason, str)
 
 
-class EngineClient:
-    """One model (small or big) behind one or several vLLM servers.
+class EngineClient(ModelConnection):
+    """One model (small or big) behind one or several vLLM servers: the requests splitreason makes
+    (tokenize, completions, streams, our probe and live routes), each recorded as a Call.
 
     One client (and its connection pool) serves a whole command; each Session works on a `bound`
-    twin that shares the pool but records its calls into that session's trace."""
-
-    def __init__(self, role: Model, model_name: str, urls: list[str], start_hint: str,
-                 clock: Callable[[], float] = time.perf_counter, record: Callable[[Call], None] | None = None,
-                 timeout: float = 600.0, max_connections: int = 64, other_names: tuple[str, ...] = ()) -> None:
-        self.role = role
-        self.model_name = model_name
-        # Names the server may serve the model under instead (for servers we did not start: the HF id).
-        self.other_names = other_names
-        self.urls = urls
-        self.start_hint = start_hint
-        self._clock = clock
-        self._record = record or (lambda call: None)
-        self._next_url = itertools.cycle(urls)
-        # Session affinity: each Session's twin keeps one replica for all its calls (its prefix cache
-        # is there); a new Session takes the replica with the fewest Sessions on it (shared by twins).
-        self._sessions: dict[str, int] = dict.fromkeys(urls, 0)
-        self._pinned: str | None = None
-        self._headers = {"content-type": "application/json"}
-        self.skip_special_tokens = True
-        self._owner = True
-        self._info: dict[str, Any] = {}  # shared with twins: asked once per command
-        self._info_lock = asyncio.Lock()
-        # Building an SSL context costs ~45 ms: only https endpoints get one, and they share it.
-        verify: ssl.SSLContext | bool = _ssl_context() if any(url.startswith("https") for url in urls) else False
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=5.0), trust_env=False, verify=verify,
-                                       limits=httpx.Limits(max_connections=max_connections,
-                                                           max_keepalive_connections=max_connections,
-                                                           keepalive_expiry=CLIENT_KEEPALIVE_S))
-
-    def bound(self, clock: Callable[[], float], record: Callable[[Call], None], session: str = "") -> EngineClient:
-        """A twin on the same connection pool that times and records calls for one trace, all of them
-        to one replica (the least used now), with `session` in the X-Session-ID header that routers
-        (vllm-router's consistent hashing, llm-d) hash to keep a session on one engine."""
-        twin = copy.copy(self)
-        twin._clock, twin._record, twin._owner = clock, record, False
-        twin._pinned = min(self.urls, key=lambda url: self._sessions[url])
-        self._sessions[twin._pinned] += 1
-        twin._headers = {**self._headers, **({"x-session-id": session} if session else {})}
-        return twin
-
-    def release(self) -> None:
-        """A twin's session ended: its replica has one Session fewer."""
-        if self._pinned is not None and not self._owner:
-            self._sessions[self._pinned] -= 1
-            self._pinned = None
-
-    def _url(self) -> str:
-        return self._pinned or next(self._next_url)
-
-    async def aclose(self) -> None:
-        if self._owner:
-            await self._http.aclose()
-
-    async def describe(self) -> dict[str, Any]:
-        """What the server really serves: {name, root, max_model_len, vllm} (asked once, then cached).
-        The name requests use is checked against the server's model list here."""
-        async with self._info_lock:
-            if self._info:
-                self.model_name = self._info["name"]
-                return self._info
-            url = self.urls[0]
-            try:
-                models, version = await asyncio.gather(self._http.get(f"{url}/v1/models"), self._http.get(f"{url}/version"))
-                entries = models.json().get("data", []) if models.status_code == 200 else []
-            except (httpx.HTTPError, ValueError) as exc:
-                raise self._failure(url, exc) from None
-            served = {entry.get("id"): entry for entry in entries}
-            self.model_name = next((name for name in (self.model_name, *self.other_names) if name in served),
-                                   self.model_name)
-            if self.model_name not in served:
-                listed = ", ".join(repr(name) for name in served) or "nothing"
-                raise ServerError(  # a set-up mistake, not a failure mid-run
-                    f"{self.role} server {url} serves {listed}, not {self.model_name!r} "
-                    f"(set {self.role}.served_name to the name it serves)"
-                )
-            entry = served[self.model_name]
-            try:
-                vllm_version = version.json().get("version") if version.status_code == 200 else None
-            except ValueError:
-                vllm_version = None
-            self._info.update(name=self.model_name, root=entry.get("root"), max_model_len=entry.get("max_model_len"),
-                              vllm=vllm_version)
-            return self._info
-
-    async def metrics(self) -> dict[str, float]:
-        """The server's Prometheus metrics summed over labels, e.g. `vllm:num_requests_running`."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        url = self.urls[0]
-        try:
-            response = await self._http.get(f"{url}/metrics")
-        except httpx.HTTPError as exc:
-            raise self._failure(url, exc) from None
-        totals: dict[str, float] = {}
-        for family in text_string_to_metric_families(response.text):
-            for sample in family.samples:
-                totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
-        return totals
-
-    def _failure(self, url: str, exc: Exception) -> EngineError:
-        return EngineError(
-            f"{self.role} model {self.model_name} at {url} failed ({type(exc).__name__}: {exc or 'no reply'}); "
-            f"is it running? {self.start_hint}"
-        )
+    twin that shares the pool but records its calls into that session's trace (see ModelConnection).
+    """
 
     async def _send(self, path: str, body: dict[str, Any], kind: str,
                     url: str | None = None) -> tuple[httpx.Response, Call, str]:
@@ -224,7 +115,7 @@ class EngineClient:
     async def _post(self, path: str, body: dict[str, Any], kind: str) -> tuple[dict[str, Any], Call]:
         response, call, url = await self._send(path, body, kind)
         if response.status_code != 200:
-            raise EngineError(f"{self.role} model at {url} rejected the request: {_error_message(response)}")
+            raise self._refused(url, response)
         self._record(call)
         return response.json(), call
 
@@ -321,7 +212,8 @@ class EngineClient:
                         result.finish_reason, result.stop_reason = event["finish_reason"], event.get("stop_reason")
                         result.prompt_tokens, result.cached_tokens = event["prompt_tokens"], event["cached_tokens"]
                 if result.finish_reason is None:
-                    raise EngineError(f"{self.role} model at {live.url} ended a live request without finishing it")
+                    raise EngineError(f"{self.role} model at {live.url} ended a live request without finishing it",
+                                      "server_error")
         return result
 
     @contextlib.contextmanager
@@ -351,14 +243,7 @@ class EngineClient:
         once per command either way, since the way round costs more; returns why, for the trace."""
         from splitcli import console
 
-        status = response.status_code
-        missing = status in (404, 405, 501)  # for the rest of the command; 501: our route, on a vLLM that cannot serve it
-        if status in (404, 405):
-            why = f"the {self.role} server at {url} has no {route} route (not started by splitreason)"
-        elif status == 501:
-            why = f"the {route} route of the {self.role} server at {url} cannot serve: {_error_message(response)}"
-        else:
-            why = f"the {route} route of the {self.role} server at {url} failed ({_error_message(response)})"
+        why, missing = route_failure(self.role, url, route, response)
         if missing:
             self._info[key] = False
             self._info[f"{key}_why"] = why
@@ -370,42 +255,29 @@ class EngineClient:
     # -- completions
     def _body(self, prompt: Prompt | list[Prompt], max_tokens: int, temperature: float, top_p: float,
               seed: int | None, stop: list[str] | None, stream: bool, logprobs: int | None = None,
-              token_ids: bool = True) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model_name, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
-            "top_p": top_p, "return_token_ids": token_ids, "skip_special_tokens": self.skip_special_tokens,
-            "include_stop_str_in_output": True, "add_special_tokens": False,
-        }
-        if stop:
-            body["stop"] = stop
-        if seed is not None:
-            body["seed"] = seed
-        if logprobs is not None:
-            body["logprobs"] = logprobs
-        if stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        return body
+              token_ids: bool = True, min_tokens: int = 0) -> dict[str, Any]:
+        # A method, not just engine_wire's function: tests change what every completion asks for here.
+        return completion_body(self.model_name, prompt, max_tokens, temperature, top_p, seed, stop, stream,
+                               self.skip_special_tokens, logprobs, token_ids, min_tokens)
 
     async def complete(self, prompts: list[Prompt], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                        seed: int | None = None, stop: list[str] | None = None, kind: str = "generate",
                        logprobs: int | None = None, n: int = 1, token_ids: bool = True,
-                       path: str | None = None, why: str | None = None) -> list[Completion]:
+                       path: str | None = None, why: str | None = None, min_tokens: int = 0) -> list[Completion]:
         """Several prompts in one request; `n` samples of each (vLLM seeds sample j with seed + j, so
         samples of one prompt differ even under a seed). Completions in order: prompt by prompt, then
         sample by sample. `token_ids=False` when only the text matters: vLLM returns every choice's
         prompt ids next to its output ids, which for 64 probes of a 16k context is a million ids."""
         body = self._body(prompts, max_tokens, temperature, top_p, seed, stop, stream=False, logprobs=logprobs,
-                          token_ids=token_ids)
+                          token_ids=token_ids, min_tokens=min_tokens)
         if n > 1:
             body["n"] = n
         data, call = await self._post("/v1/completions", body, kind)
         call.path, call.why = path, why
-        usage = data.get("usage") or {}
+        usage = Usage.read(data.get("usage") or {})
         call.prompts = len(prompts) * n
-        call.prompt_tokens = usage.get("prompt_tokens", 0)
-        call.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        call.completion_tokens = usage.get("completion_tokens", 0)
+        call.prompt_tokens, call.cached_tokens = usage.prompt_tokens, usage.cached_tokens
+        call.completion_tokens = usage.completion_tokens
         results = [Completion() for _ in range(len(prompts) * n)]
         for choice in data["choices"]:
             result = results[choice["index"]]
@@ -421,13 +293,13 @@ class EngineClient:
         return results
 
     async def stream(self, prompt: Prompt, *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                     seed: int | None = None, stop: list[str] | None = None,
+                     seed: int | None = None, stop: list[str] | None = None, min_tokens: int = 0,
                      on_delta: Callable[[str, list[int]], None] | None = None,
                      result: Completion | None = None) -> Completion:
         """One prompt, streamed; `on_delta(text, token_ids)` sees every piece as it arrives, and
         `result` (if given) fills as they do. Cancelling the task closes the HTTP stream, which makes
         vLLM abort the request; the call is recorded as cancelled with what arrived."""
-        body = self._body(prompt, max_tokens, temperature, top_p, seed, stop, stream=True)
+        body = self._body(prompt, max_tokens, temperature, top_p, seed, stop, stream=True, min_tokens=min_tokens)
         url = self._url()
         call = Call(self.role, "generate", self._clock(), 0.0, url=url)
         result = result if result is not None else Completion()
@@ -435,23 +307,23 @@ class EngineClient:
             async with self._http.stream("POST", f"{url}/v1/completions", json=body, headers=self._headers) as response:
                 if response.status_code != 200:
                     await response.aread()
-                    raise EngineError(f"{self.role} model at {url} rejected the request: {_error_message(response)}")
+                    raise self._refused(url, response)
                 async for line in response.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
+                    event = sse_event(line)
+                    if event is None:
                         continue
-                    event = json.loads(line[6:])
                     if "error" in event:
-                        raise EngineError(f"{self.role} model at {url} failed mid-request: {event['error']}")
+                        raise EngineError(f"{self.role} model at {url} failed mid-request: {event['error']}",
+                                          "server_error")
                     for choice in event.get("choices", []):
                         if choice.get("finish_reason") is not None:
                             result.finish_reason = choice["finish_reason"]
                             result.stop_reason = choice.get("stop_reason")
                         result.add(choice.get("text", ""), list(choice.get("token_ids") or []), on_delta)
-                    usage = event.get("usage")
-                    if usage:
-                        result.prompt_tokens = usage.get("prompt_tokens", 0)
-                        result.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-                        call.completion_tokens = usage.get("completion_tokens", 0)
+                    if event.get("usage"):
+                        usage = Usage.read(event["usage"])
+                        result.prompt_tokens, result.cached_tokens = usage.prompt_tokens, usage.cached_tokens
+                        call.completion_tokens = usage.completion_tokens
         return result
 
 
@@ -477,17 +349,3 @@ def _plain(value: object) -> object:
     if isinstance(value, Prefixed):
         return value.ids
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-@cache
-def _ssl_context() -> ssl.SSLContext:
-    return ssl.create_default_context()
-
-
-def _error_message(response: httpx.Response) -> str:
-    try:
-        data = response.json()
-        message = data.get("error", {}).get("message") if isinstance(data.get("error"), dict) else data.get("message")
-        return str(message or data)[:300]
-    except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200]}"

@@ -1,11 +1,15 @@
 """Where a big segment ends: what the small model would write after each of its prefixes (a
-CloseProbe each), and the CutFinder that turns those, in prefix order, into the cut. Pure rules:
-the Session asks the engine, these decide."""
+CloseProbe each, asked by the Prober), and the CutFinder that turns those, in prefix order, into
+the cut. The Prober asks the engine; CloseProbe, Cut and CutFinder are pure rules that decide."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from dataclasses import dataclass
+
+from splitcli.contexts import Contexts
+from splitcli.engine import Completion, Prefixed, Prompt
 
 
 @dataclass(frozen=True)
@@ -102,3 +106,101 @@ class CutFinder:
 
 
 _WAIT = object()
+
+
+class Prober:
+    """Asks the small model whether it would close the tag after each prefix of big-model text not
+    yet in its context: through the small server's continuations route when it has one (`use_route`:
+    exact, the context sent once), otherwise in one batched OpenAI request of greedy probes."""
+
+    def __init__(self, contexts: Contexts, close_tag: str, use_route: bool = True) -> None:
+        self.contexts = contexts
+        self.small = contexts.clients["small"]
+        self.marker = close_tag[:5]  # "</big": the small model starts closing
+        self.use_route = use_route
+
+    async def probe_close(self, draft: Completion, start: int, stop: int, probe_tokens: int,
+                          stride: int = 1) -> list[CloseProbe]:
+        """A CloseProbe for each prefix draft[:i], start < i <= stop. Over the OpenAI API, `stride` > 1
+        probes every stride-th prefix first, an approximation: a close that a later probed prefix
+        does not repeat is missed (the route is exact and ignores it)."""
+        if stop <= start:
+            return []
+        # A copy: the context grows in place once a cut is committed, while a probe of the stream still runs.
+        base = list(await self.contexts.context("small"))
+        if self.contexts.shared_tokenizer:
+            tails = [draft.token_ids[:i] for i in range(start + 1, stop + 1)]
+        else:
+            # Another tokenizer: each prefix's text in the small model's tokens, after its own context
+            # ids, exactly as the context would take it in; re-tokenising the whole text would not be neutral.
+            texts = await self.contexts.spelling["big"].prefix_texts(draft, start, stop)
+            tails = list(await asyncio.gather(*(self.small.tokenize(text) for text in texts)))
+        prompts: list[Prompt] = [Prefixed(base, tail) for tail in tails]
+        # A prefix that fills the small model's context leaves it no room to write anything: vLLM
+        # would reject the whole batch for it, so such prefixes are not probed (they cannot close).
+        limit = self.contexts["small"].max_model_len
+        fitting = sum(1 for prompt in prompts if not limit or len(prompt) < limit)
+        found = [CloseProbe(False)] * len(prompts)
+        why = "probe_route is off"
+        if self.use_route and fitting:
+            routed, why = await self._by_route(base, tails[:fitting], probe_tokens)
+            if routed is not None:
+                return await self._own_text(draft, start, routed + found[fitting:])
+        # Every `stride`-th prefix first (1: all of them, exact); then, before the first that closes,
+        # the ones skipped (and the next one, which decides a close that needs whitespace first).
+        first_pass = [i for i in range(fitting) if (i + 1) % stride == 0 or i == fitting - 1]
+        await self._by_openai(prompts, first_pass, found, probe_tokens, why)
+        hit = next((i for i in first_pass if found[i].closes), None)
+        if stride > 1 and hit is not None:
+            previous = max((i for i in first_pass if i < hit), default=-1)
+            second_pass = [i for i in [*range(previous + 1, hit), hit + 1] if i < fitting and i not in first_pass]
+            await self._by_openai(prompts, second_pass, found, probe_tokens, why)
+        return await self._own_text(draft, start, found)
+
+    async def _by_openai(self, prompts: list[Prompt], chosen: list[int], found: list[CloseProbe],
+                         probe_tokens: int, why: str) -> None:
+        """Greedy continuations of the chosen prompts in ONE batched request (vLLM shortens
+        `max_tokens` per prompt to the room its context leaves). Text only: asking for token ids
+        would send every prompt's ids back too. `why`: why not through the route (in the trace)."""
+        if not chosen:
+            return
+        answers = await self.small.complete([prompts[i] for i in chosen], max_tokens=probe_tokens, temperature=0.0,
+                                            kind="probe", token_ids=False, path="openai", why=why or None)
+        for index, answer in zip(chosen, answers, strict=True):
+            found[index] = self.read(answer.text)
+
+    async def _by_route(self, base: list[int], tails: list[list[int]],
+                        probe_tokens: int) -> tuple[list[CloseProbe] | None, str]:
+        """Exact probes through the small server's continuations route (the context sent once, only
+        prefixes whose next token could begin the tag decoded in full). None, and why, where the
+        server has no route or it failed, or the tails are not prefixes of one sequence (another
+        tokenizer may respell them)."""
+        longest = tails[-1]
+        if any(tail != longest[: len(tail)] for tail in tails):
+            return None, "the prefixes, respelled by the small model's tokenizer, are not one sequence"
+        first = len(base) + min(len(tail) for tail in tails)
+        if first == 0:
+            return None, "nothing to probe after"
+        texts, why = await self.small.continuations(Prefixed(base, longest), first, probe_tokens, self.marker)
+        if texts is None:
+            return None, why
+        return [self.read(texts[len(base) + len(tail) - first]) for tail in tails], ""
+
+    async def _own_text(self, draft: Completion, start: int, probes: list[CloseProbe]) -> list[CloseProbe]:
+        """Where the small model writes other text than whitespace before the tag, only the big
+        model's own next text may stand there (the tag merged with it, `.</`): keep such a close, with
+        where its prefix ends in the draft's text, while the draft's text so far agrees with it."""
+        settled = []
+        for number, probe in enumerate(probes, start=start + 1):
+            if probe.closes and probe.lead.strip():
+                end = len(await self.contexts.spelling["big"].text_of_first(draft, number))
+                following = draft.text[end:]
+                agrees = following.startswith(probe.lead) or probe.lead.startswith(following)
+                probe = CloseProbe(True, probe.lead, end) if agrees else CloseProbe(False)
+            settled.append(probe)
+        return settled
+
+    def read(self, text: str) -> CloseProbe:
+        """What one continuation says: the tag, and the text before it, or no close."""
+        at = text.find(self.marker)
+        return CloseProbe(True, text[:at]) if at >= 0 else CloseProbe(False)

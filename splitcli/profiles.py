@@ -1,7 +1,10 @@
 """Profiles: validated YAML that says everything a run needs (models, servers, mode, sampling, eval).
 
-This module checks a profile's structure; the mode registry checks mode names and knobs on top
-(`splitcli.modes.check_profile`), so that profiles never import the modes that import them.
+This module holds the models of the pair and the run, and validates a profile into them: every
+problem becomes one `origin: key.path: message (fix)` line. Finding, reading and merging the files
+is `profile_files`; the sections only eval, gendata and the API read are `profile_sections`. The mode
+registry checks mode names and knobs on top (`splitcli.modes.check_profile`), so that profiles never
+import the modes that import them.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 
-from splitcli import paths
 from splitcli.errors import ProfileError
+from splitcli.profile_files import apply_override, find_profile, load_raw
+from splitcli.profile_sections import ApiSection, EvalSection, GendataSection, StrictModel
 
 Role = Literal["small", "big"]
 ROLES: tuple[Role, Role] = ("small", "big")
@@ -31,14 +34,9 @@ def demo_model(model: str) -> tuple[str, str] | None:
     """(pair, role) for `demo:small`, `demo-qwen3:big`, ...; None for any other model name."""
     pair, colon, role = model.partition(":")
     return (pair, role) if colon and pair in DEMO_PAIRS else None
-PROFILE_SUFFIXES = (".yaml", ".yml")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SpeculativeSpec(_Strict):
+class SpeculativeSpec(StrictModel):
     """vLLM's own speculative decoding of the big model, served as a server of its own (`spec`)."""
 
     method: Literal["draft_model", "eagle", "eagle3", "ngram"] = Field(
@@ -49,7 +47,10 @@ class SpeculativeSpec(_Strict):
     config: dict[str, Any] = Field(default_factory=dict, description="more --speculative-config keys")
 
 
-class ModelSpec(_Strict):
+REPLICA_PORT_STEP = 1000  # replica i of a model listens on its port + 1000 * i
+
+
+class ModelSpec(StrictModel):
     """One model of the pair: what to serve and how, or the endpoints of servers someone else runs."""
 
     model: str = Field(description="HF id, local path, or a demo model (demo:small, demo-qwen3:big, ...)")
@@ -65,6 +66,8 @@ class ModelSpec(_Strict):
     extra_args: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     endpoints: list[str] = Field(default_factory=list, description="URLs of running replicas; not launched")
+    replicas: int = Field(1, ge=1, description="servers of this model to launch, on port, port+1000, ...; "
+                                               "`gpus` split evenly among them")
     startup_timeout: float = Field(900, gt=0)
     speculative: SpeculativeSpec | None = Field(None, description="big only: how the spec-decoding mode serves it")
 
@@ -125,14 +128,21 @@ class ModelSpec(_Strict):
 
     @property
     def tp_size(self) -> int:
-        return self.tensor_parallel or max(len(self.gpus), 1)
+        return self.tensor_parallel or max(len(self.gpus) // self.replicas, 1)
 
     @property
     def urls(self) -> list[str]:
-        return self.endpoints or [f"http://{self.host}:{self.port}"]
+        return self.endpoints or [f"http://{self.host}:{self.port + REPLICA_PORT_STEP * i}" for i in range(self.replicas)]
+
+    def replica(self, index: int) -> ModelSpec:
+        """What replica `index` (from 0) serves: its own port and its share of the GPUs."""
+        share = len(self.gpus) // self.replicas
+        return self.model_copy(update={"replicas": 1, "port": self.port + REPLICA_PORT_STEP * index,
+                                       "gpus": self.gpus[share * index: share * (index + 1)],
+                                       "tensor_parallel": self.tensor_parallel or (share or None)})
 
 
-class Sampling(_Strict):
+class Sampling(StrictModel):
     temperature: float = Field(0.6, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(16384, ge=1, description="token budget of a whole trace, prompt included")
@@ -143,7 +153,7 @@ class Sampling(_Strict):
 DEFAULT_HINT = "You always use <bigmodel>...</bigmodel> to mark parts of the reasoning process that are important."
 
 
-class PromptConfig(_Strict):
+class PromptConfig(StrictModel):
     """How a question becomes a prompt; the chat template itself comes from each model's tokenizer."""
 
     hint: str = DEFAULT_HINT
@@ -158,17 +168,6 @@ class PromptConfig(_Strict):
         return "\n".join(part for part in parts if part)
 
 
-class EvalSection(_Strict):
-    """Benchmark settings used by `splitreason eval`."""
-
-    task: str | None = Field(None, description="built-in task (default: demo for demo models, else aime24)")
-    samples: int = Field(1, ge=1, description="samples per problem (n)")
-    limit: int | None = Field(None, ge=1, description="first K problems only")
-    concurrency: int = Field(8, ge=1, description="samples in flight at once")
-    seed: int = Field(0, description="run seed: each sample's seed comes from it, the problem id and its index")
-    revision: str | None = Field(None, description="dataset commit to load (default: the task's, else the hub's current)")
-
-
 SNIPPET_START = "-----SNIPPET START-----"
 SNIPPET_END = "-----SNIPPET END-----"
 ANNOTATION_INSTRUCTION = (
@@ -178,7 +177,7 @@ ANNOTATION_INSTRUCTION = (
 )
 
 
-class AnnotatorSpec(_Strict):
+class AnnotatorSpec(StrictModel):
     """The model gendata asks to mark the hard snippets: one of the pair's servers (`use`), a server
     splitreason launches (`server`), or an OpenAI-compatible endpoint someone else runs."""
 
@@ -205,34 +204,7 @@ class AnnotatorSpec(_Strict):
         return endpoint.rstrip("/").removesuffix("/v1") if endpoint else endpoint
 
 
-class GendataSection(_Strict):
-    """What `splitreason gendata` reads and how it annotates."""
-
-    source: str = Field("open-r1/OpenR1-Math-220k", description="HF dataset id, a local file, or `demo` / `demo-qwen3`")
-    config: str | None = Field("default", description="the dataset's config")
-    split: str = "train"
-    revision: str | None = Field(None, description="dataset commit to load")
-    id_field: str = "uuid"
-    problem_field: str = "problem"
-    generation_field: str = Field("generations", description="a trace, or a list of them (the first correct is taken)")
-    fraction: float = Field(0.2, gt=0, lt=1, description="share of characters the annotator is asked to mark")
-    min_chars: int = Field(1024, ge=0, description="shorter traces are rejected")
-    concurrency: int = Field(8, ge=1)
-    limit: int | None = Field(None, ge=1)
-
-
-class ApiSection(_Strict):
-    """The OpenAI-compatible API `splitreason serve --api` puts in front of the pair."""
-
-    host: str = Field("127.0.0.1", description="address to bind (0.0.0.0: every interface)")
-    port: int = Field(8100, ge=1, le=65535)
-    max_in_flight: int = Field(8, ge=1, description="sessions running at once")
-    max_queue: int = Field(64, ge=0, description="requests waiting beyond those; more get 429")
-    api_key_env: str | None = Field(None, description="environment variable (or .env entry) with the key clients must send")
-    log_prompts: bool = Field(False, description="log each question (off: prompts are not logged)")
-
-
-class Profile(_Strict):
+class Profile(StrictModel):
     name: str = ""
     description: str = ""
     small: ModelSpec
@@ -245,6 +217,8 @@ class Profile(_Strict):
     annotator: AnnotatorSpec = Field(default_factory=lambda: AnnotatorSpec(use="big"))
     gendata: GendataSection = Field(default_factory=GendataSection)
     api: ApiSection = Field(default_factory=ApiSection)
+    replica_pairs: bool = Field(False, description="small and big replicas come in pairs (same node, same index): "
+                                                   "a Session uses the big replica of its small one's index")
 
     # Where each value came from, so that an error names the file or the --set argument to fix.
     _source: Path | None = PrivateAttr(default=None)
@@ -295,118 +269,7 @@ class Profile(_Strict):
         return ProfileError(f"{_origin(loc, self._overrides, self._source)}: {loc}: {message}")
 
 
-# ---------------------------------------------------------------- lookup and loading
-
-
-def _candidates(folder: Path, name: str) -> list[Path]:
-    return [folder / f"{name}{suffix}" for suffix in PROFILE_SUFFIXES]
-
-
-def find_profile(name_or_path: str, skip: Path | None = None) -> Path:
-    """A path, else the user's profile dir, else the shipped profiles (`skip`: a file not to return,
-    so that a user profile can extend the shipped profile of the same name)."""
-    direct = Path(name_or_path).expanduser()
-    if direct.is_file() and (skip is None or direct.resolve() != skip.resolve()):
-        return direct
-    for folder in (paths.user_profiles_dir(), paths.shipped_profiles_dir()):
-        for candidate in _candidates(folder, name_or_path):
-            if candidate.is_file() and (skip is None or candidate.resolve() != skip.resolve()):
-                return candidate
-    raise ProfileError(f"unknown profile {name_or_path!r} (see `splitreason profiles list`, or give a path to a YAML file)")
-
-
-def available_profiles() -> dict[str, Path]:
-    """Name -> file for every profile the lookup can see; user profiles shadow shipped ones."""
-    found: dict[str, Path] = {}
-    for folder in (paths.shipped_profiles_dir(), paths.user_profiles_dir()):
-        if folder.is_dir():
-            for file in sorted(folder.iterdir()):
-                if file.suffix in PROFILE_SUFFIXES and file.is_file():
-                    found[file.stem] = file
-    return dict(sorted(found.items()))
-
-
-def _read_yaml(file: Path) -> dict[str, Any]:
-    try:
-        text = file.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProfileError(f"{file}: not a text file in UTF-8 (a profile is a YAML file)") from None
-    except OSError as exc:
-        raise ProfileError(f"{file}: cannot be read ({exc.strerror})") from None
-    if "\x00" in text:
-        raise ProfileError(f"{file}: not a text file (a profile is a YAML file)")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise ProfileError(f"{file}: {where}: not valid YAML ({getattr(exc, 'problem', exc)}; fix the syntax)") from None
-    if data is None:
-        raise ProfileError(f"{file}: the profile is empty (write at least `small:` and `big:`, or `extends: demo`)")
-    if not isinstance(data, dict):
-        raise ProfileError(f"{file}: top level must be a mapping of keys (write `small:`, `big:`, ...)")
-    return data
-
-
-# Sections where one of several keys says how the thing is done: a child profile that gives one
-# replaces the parent's choice (a demo child with an annotator endpoint drops demo's annotator server).
-ALTERNATIVES = {"annotator": ("use", "server", "endpoint")}
-
-
-def _deep_merge(base: dict[str, Any], override: dict[str, Any], path: str = "") -> dict[str, Any]:
-    merged = dict(base)
-    choices = ALTERNATIVES.get(path, ())
-    if any(choice in override for choice in choices):
-        for choice in choices:
-            if choice not in override:
-                merged.pop(choice, None)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value, f"{path}.{key}" if path else key)
-        else:
-            merged[key] = value
-    return merged
-
-
-def load_raw(file: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A profile file's data with its `extends` chain merged in (not yet validated)."""
-    if file.resolve() in seen:
-        chain = " -> ".join(str(p) for p in (*seen, file.resolve()))
-        raise ProfileError(f"{file}: extends: profiles extend each other in a cycle ({chain}; break the cycle)")
-    data = _read_yaml(file)
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if not isinstance(parent, str):
-        raise ProfileError(f"{file}: extends: must be one profile name or path (write `extends: demo`)")
-    try:
-        sibling = next((c for c in _candidates(file.parent, parent) if c.is_file() and c.resolve() != file.resolve()),
-                       None)
-        # A profile may extend the one it shadows: the user's demo.yaml with `extends: demo`.
-        parent_file = sibling or find_profile(parent, skip=file)
-    except ProfileError:
-        raise ProfileError(f"{file}: extends: unknown profile {parent!r} (see `splitreason profiles list`)") from None
-    return _deep_merge(load_raw(parent_file, (*seen, file.resolve())), data)
-
-
-def apply_override(data: dict[str, Any], assignment: str) -> str:
-    """Apply one `--set a.b.c=VALUE` (VALUE parsed as YAML) to the raw profile data; returns the key."""
-    key, sep, raw_value = assignment.partition("=")
-    if not sep or not key.strip():
-        raise ProfileError(f"--set {assignment}: expected KEY=VALUE (e.g. --set 'big.gpus=[2,3]')")
-    try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
-    except yaml.YAMLError:
-        value = raw_value
-    parts = key.strip().split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ProfileError(f"--set {assignment}: {part} is not a section (set a key inside a section)")
-        node = child
-    node[parts[-1]] = value
-    return key.strip()
+# ---------------------------------------------------------------- validation
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:
@@ -498,10 +361,21 @@ def consistency_problems(profile: Profile) -> list[tuple[str, str]]:
                 problems.append(("big.speculative.port", f"port {port} is also {role}.port (give the spec server its own)"))
     for role in ROLES:
         spec = profile.spec(role)
-        if spec.launched and spec.gpus and spec.tp_size > len(spec.gpus):
+        if spec.replicas > 1 and not spec.launched:
+            problems.append((f"{role}.replicas", "endpoints already list the replicas someone else runs "
+                                                 "(remove replicas, or endpoints to launch them)"))
+        if spec.replicas > 1 and len(spec.gpus) % spec.replicas:
+            problems.append((f"{role}.replicas", f"{spec.replicas} replicas do not share the {len(spec.gpus)} GPU(s) of "
+                                                 f"{role}.gpus evenly (list a multiple of replicas)"))
+        if spec.launched and spec.gpus and spec.tp_size * spec.replicas > len(spec.gpus):
             problems.append((f"{role}.tensor_parallel",
+                             f"{spec.tp_size} x {spec.replicas} replica(s) is more than the {len(spec.gpus)} GPU(s) listed "
+                             "(list more GPUs or lower it)" if spec.replicas > 1 else
                              f"{spec.tp_size} is more than the {len(spec.gpus)} GPU(s) listed (list more GPUs or lower it)"))
     small, big = profile.small, profile.big
+    if profile.replica_pairs and len(small.urls) != len(big.urls):
+        problems.append(("replica_pairs", f"small has {len(small.urls)} replica(s) and big {len(big.urls)}: pairs need "
+                                          "as many of each (or set replica_pairs: false)"))
     if small.launched and big.launched:
         if small.port == big.port and small.host == big.host:
             problems.append(("big.port", f"port {big.port} is also small.port (give each server its own port)"))

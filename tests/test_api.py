@@ -189,6 +189,14 @@ def test_models_retrieve_and_unknown_paths_answer_as_openai_does(api: str) -> No
         "type": "invalid_request_error", "param": None, "code": 404}}
 
 
+@pytest.mark.parametrize("mode", ["logprob-subselect", "spec-rewrite", "specreason", "splitreason"])
+def test_a_requests_max_tokens_bounds_every_mode_beam_steps_included(pair_api: str, mode: str) -> None:
+    # The beam drafts candidates side by side: each one's room is the request's max_tokens too.
+    reply = _client(pair_api).completions.create(model=f"splitreason/{mode}", prompt=DEMO_QUESTION, max_tokens=12)
+    assert reply.usage.completion_tokens == 12  # type: ignore[union-attr]
+    assert reply.choices[0].finish_reason == "length"
+
+
 def test_32_concurrent_streams_all_answer_right(pair_api: str, pair: str) -> None:
     client = AsyncOpenAI(base_url=f"{pair_api}/v1", api_key="unused", max_retries=0, timeout=300)
     questions = demo.questions_of(pair)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import DEMO_QUESTION, cli
 
 from splitcli import __version__
+from splitcli.cli.common import starting_status
 from splitcli.trace import Segment, Trace
 
 
@@ -57,9 +59,9 @@ def test_every_command_has_an_example_and_readable_help(command: list[str]) -> N
 
 
 def test_help_lists_the_choices_of_mode_and_only() -> None:
-    run = " ".join(cli("run", "-h", env={"COLUMNS": "200"}).out.split())
-    assert ("Mode to run: big-only, glimprouter, logprob-subselect, random-switch, small-only, spec-decoding, "
-            "spec-rewrite, specreason, splitreason, splitreason-stream") in run
+    run = " ".join(cli("run", "-h", env={"COLUMNS": "260"}).out.split())
+    assert ("Mode to run: big-only, glimprouter, logprob-subselect, random-switch, relaygen, small-only, "
+            "spec-decoding, spec-rewrite, specreason, speculative-thinking, splitreason, splitreason-stream") in run
     serve = " ".join(cli("serve", "-h", env={"COLUMNS": "200"}).out.split())
     assert "Start only these servers: small, big, spec" in serve
 
@@ -162,3 +164,24 @@ def test_help_paragraphs_wrap_at_the_terminal_not_at_the_source_lines() -> None:
     lines = [line.strip() for line in cli("kill-gpus", "-h", env={"COLUMNS": "200"}).out.splitlines()]
     assert ("--json prints one object: {dry_run, plan: {gpus, nvml, servers, orphans, foreign}, ended, survived, gpus, "
             "gpu_check}; a dry run ends nothing, so `ended` is empty there.") in lines
+
+
+def test_a_first_run_builds_the_demo_models_before_it_says_servers_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:  # the small server's port is taken: nothing is launched
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("run", "--set", f"small.port={port}", DEMO_QUESTION,
+                     env={"SPLITREASON_HOME": str(tmp_path / "fresh-home")})
+    lines = result.err.splitlines()
+    assert result.code == 2
+    building = lines.index("· building the tiny demo models (first use, seconds on CPU)")
+    starting = next(i for i, line in enumerate(lines) if line.startswith("· starting demo-small, demo-big"))
+    assert building < starting
+    assert result.error_line().startswith(f"error: port {port} is in use by ")
+
+
+def test_on_a_pipe_a_server_start_says_a_line_now_and_then(capsys: pytest.CaptureFixture[str]) -> None:
+    with starting_status(every=0.0) as tick:  # on a terminal a spinner shows it; a pipe gets lines
+        tick("waiting for demo-small (15s)")
+    assert capsys.readouterr().err == "· waiting for demo-small (15s)\n"

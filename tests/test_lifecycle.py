@@ -15,7 +15,7 @@ import psutil
 import pytest
 from conftest import DEMO_QUESTION, cli
 
-from splitcli import leases, servers
+from splitcli import leases, server_records, servers
 from splitcli.profiles import load_profile
 from splitcli.solve import run_question
 from splitcli.trace import Segment
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.lifecycle, pytest.mark.usefixtures("demo_servers")]
 
 
 def _ours() -> list[int]:
-    return sorted(proc.pid for members in servers.our_processes().values() for proc in members)
+    return sorted(proc.pid for members in server_records.our_processes().values() for proc in members)
 
 
 def _wait_healthy(name: str, timeout: float = 600) -> None:
@@ -38,7 +38,7 @@ def _wait_healthy(name: str, timeout: float = 600) -> None:
 
 
 def test_stop_one_server_by_name_ends_its_engine_core_and_workers_too() -> None:
-    record = servers.find_record("demo-spec")
+    record = server_records.find_record("demo-spec")
     members = [proc.pid for proc in record.processes()]
     assert len(members) >= 3  # API server, engine core, worker: found although renamed by setproctitle
     result = cli("stop", "demo-spec")
@@ -51,7 +51,7 @@ def test_stop_one_server_by_name_ends_its_engine_core_and_workers_too() -> None:
 
 def test_big_server_dying_mid_run_gives_one_line_and_keeps_the_partial_trace(tmp_path: Path) -> None:
     profile = load_profile("demo")
-    big = servers.find_record("demo-big")
+    big = server_records.find_record("demo-big")
 
     def kill_big_after_first_small_segment(trace) -> None:  # type: ignore[no-untyped-def]
         def on_event(event: str, segment: Segment) -> None:
@@ -101,7 +101,7 @@ def test_an_engine_killed_mid_eval_gives_errored_samples_that_resume_completes(t
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and (not samples.exists() or len(samples.read_text().splitlines()) < 2):
         time.sleep(0.1)
-    servers.stop(servers.find_record("demo-big"))  # the engine goes away mid-run
+    servers.stop(server_records.find_record("demo-big"))  # the engine goes away mid-run
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1
     lines = [json.loads(line) for line in samples.read_text().splitlines()]
@@ -120,7 +120,7 @@ def test_an_engine_killed_mid_eval_gives_errored_samples_that_resume_completes(t
 
 
 def test_a_failed_start_stops_only_what_it_launched(tmp_path: Path) -> None:
-    small_pid = servers.find_record("demo-small").pid
+    small_pid = server_records.find_record("demo-small").pid
     not_a_model = tmp_path / "not-a-model"
     not_a_model.mkdir()
     result = cli("serve", "--set", f"big.model={not_a_model}", "--detach", timeout=600)

@@ -13,7 +13,7 @@ from conftest import DEMO_QUESTION, cli
 
 from splitcli import demo
 from splitcli.engine import EngineClient
-from splitcli.engine_route import MAX_LIVE
+from splitcli.engine_route_live import MAX_LIVE
 from splitcli.handoffs import LIVE_KEPT
 from splitcli.modes import register
 from splitcli.modes.splitreason_stream import SplitReasonStream
@@ -146,7 +146,7 @@ def test_a_live_handoff_sends_the_big_model_only_the_tokens_since_its_warm_up() 
             await asyncio.gather(*session._background)  # the warm-ups are in: the last ones are alive
             context = await session.context("big")
             seen["context"] = len(context)
-            kept = session._live._kept if session._live is not None else []
+            kept = session._warmer.live._kept if session._warmer.live is not None else []
             seen["live"] = max((live for live in kept if context[:len(live.prompt)] == live.prompt),
                                key=lambda live: len(live.prompt), default=None)
             seen["held"] = await session.clients["big"].live_count(BIG)

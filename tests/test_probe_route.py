@@ -15,8 +15,8 @@ from conftest import pair_cases
 
 from splitcli import demo
 from splitcli.engine import EngineClient
-from splitcli.engine_route import (
-    PATH,
+from splitcli.engine_route import PATH
+from splitcli.engine_route_continuations import (
     TAIL_KEY,
     _default_penalties,
     _tail_scores_installed,

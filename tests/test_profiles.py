@@ -8,7 +8,8 @@ import pytest
 from conftest import cli
 
 from splitcli.errors import ProfileError
-from splitcli.profiles import available_profiles, load_profile
+from splitcli.profile_files import available_profiles
+from splitcli.profiles import load_profile
 
 GOOD = """
 small: {model: s, port: 8001, gpus: [0], gpu_memory: 0.4}
@@ -57,7 +58,8 @@ BAD_CASES = {
     "unknown mode": (
         "small: {model: s, port: 1}\nbig: {model: b}\nmode: fast",
         "mode: unknown mode 'fast' (choose one of: big-only, glimprouter, logprob-subselect, random-switch, "
-        "small-only, spec-decoding, spec-rewrite, specreason, splitreason, splitreason-stream)",
+        "relaygen, small-only, spec-decoding, spec-rewrite, specreason, speculative-thinking, splitreason, "
+        "splitreason-stream)",
     ),
     "bad mode knob": (
         "small: {model: s, port: 1}\nbig: {model: b}\nmodes: {splitreason: {chunk: 0}}",
@@ -133,7 +135,7 @@ def test_set_that_breaks_a_rule_names_the_set_argument() -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--set", "nonexist=1"], "error: --set nonexist=1: nonexist: unknown key (remove it or check its spelling; "
                               "allowed here: name, description, small, big, mode, modes, sampling, prompt, eval, "
-                              "annotator, gendata, api)"),
+                              "annotator, gendata, api, replica_pairs)"),
     (["--set", "smal.port=1"], "error: --set smal.port=1: smal: unknown key (did you mean 'small'?)"),
     (["--set", "modes.splitreason.chunk=0"],
      "error: --set modes.splitreason.chunk=0: modes.splitreason.chunk: Input should be greater than or equal to 1 "
@@ -142,8 +144,8 @@ def test_set_that_breaks_a_rule_names_the_set_argument() -> None:
      "error: --set modes.splitreason-stream.live_handoff=true: modes.splitreason-stream.live_handoff: a live handoff "
      "keeps the last warm-up alive, and warm_every is 0 (set warm_every too, e.g. 128)"),
     (["--set", "mode=fast"], "error: --set mode=fast: mode: unknown mode 'fast' (choose one of: big-only, "
-                             "glimprouter, logprob-subselect, random-switch, small-only, spec-decoding, spec-rewrite, "
-                             "specreason, splitreason, splitreason-stream)"),
+                             "glimprouter, logprob-subselect, random-switch, relaygen, small-only, spec-decoding, "
+                             "spec-rewrite, specreason, speculative-thinking, splitreason, splitreason-stream)"),
 ])
 def test_a_bad_set_names_the_set_argument_not_the_file(args: list[str], message: str) -> None:
     result = cli("profiles", "show", "demo", *args)
@@ -237,3 +239,28 @@ def test_a_child_profile_choosing_another_annotator_replaces_the_parents_choice(
     own = tmp_path / "own.yaml"
     own.write_text("extends: demo\nannotator: {use: big}\n")
     assert load_profile(str(own)).annotator.use == "big"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["small.replicas=3"], "--set small.replicas=3: small.replicas: 3 replicas do not share the 4 GPU(s) of small.gpus "
+                           "evenly (list a multiple of replicas)"),
+    (["big.tensor_parallel=4"], "--set big.tensor_parallel=4: big.tensor_parallel: 4 x 4 replica(s) is more than the "
+                                "8 GPU(s) listed (list more GPUs or lower it)"),
+    (["small.replicas=1", "small.gpus=[0]"], "profiles/node-8gpu.yaml: replica_pairs: small has 1 replica(s) and big 4: "
+                                             "pairs need as many of each (or set replica_pairs: false)"),
+    (["big.endpoints=[http://h:1]"], "profiles/node-8gpu.yaml: big.replicas: endpoints already list the replicas "
+                                     "someone else runs (remove replicas, or endpoints to launch them)"),
+])
+def test_replicas_that_cannot_be_laid_out_are_one_line(overrides: list[str], message: str) -> None:
+    with pytest.raises(ProfileError) as caught:
+        load_profile("node-8gpu", overrides)
+    assert str(caught.value).endswith(message)
+
+
+def test_replicas_get_their_own_ports_and_share_of_the_gpus() -> None:
+    profile = load_profile("node-8gpu")
+    assert profile.big.urls == ["http://127.0.0.1:8000", "http://127.0.0.1:9000", "http://127.0.0.1:10000",
+                                "http://127.0.0.1:11000"]
+    third = profile.big.replica(2)
+    assert (third.port, third.gpus, third.tp_size, third.replicas) == (10000, [4, 5], 2, 1)
+    assert [profile.small.replica(i).gpus for i in range(4)] == [[0], [2], [4], [6]]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from splitcli import demo
-from splitcli.engine_route import continuations
+from splitcli.engine_route_continuations import continuations
 
 MARKER = "</big"
 
@@ -152,7 +152,7 @@ def test_live_requests_are_refused_on_a_vllm_that_keeps_the_first_max_tokens() -
     handoff would write one token. The route says so (501) instead of serving such handoffs."""
     from vllm.v1.core.sched.scheduler import Scheduler
 
-    from splitcli.engine_route import _live_unsupported
+    from splitcli.engine_route_live import _live_unsupported
 
     def update_as_in_vllm_0_24(session: Any, update: Any) -> None:
         session.sampling_params = update.sampling_params

@@ -197,7 +197,8 @@ def test_a_run_the_budget_ended_says_so() -> None:
     ([DEMO_QUESTION, "--file", "q.txt"], "error: give the question or --file, not both"),
     ([DEMO_QUESTION, "--mode", "fast"],
      "error: unknown mode 'fast' (choose one of: big-only, glimprouter, logprob-subselect, random-switch, "
-     "small-only, spec-decoding, spec-rewrite, specreason, splitreason, splitreason-stream)"),
+     "relaygen, small-only, spec-decoding, spec-rewrite, specreason, speculative-thinking, splitreason, "
+     "splitreason-stream)"),
     (["x " * 1200], "error: the question makes a 2437-token prompt, over the small model's context of 1024 tokens "
                     "(shorten it, or raise small.max_model_len)"),
 ])

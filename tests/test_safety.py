@@ -15,15 +15,15 @@ import psutil
 import pytest
 from conftest import cli
 
-from splitcli import cleanup, gpus, leases, paths, servers
+from splitcli import cleanup, gpus, leases, paths, processes, server_records, servers
 
 
 def _sleeper(marker: str | None = None, home: str | None = None) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     if marker is not None:
-        env[servers.MARKER_ENV] = marker
+        env[processes.MARKER_ENV] = marker
     if home is not None:
-        env[servers.MARKER_HOME_ENV] = home
+        env[processes.MARKER_HOME_ENV] = home
     return subprocess.Popen(["sleep", "120"], env=env, start_new_session=True)
 
 
@@ -37,8 +37,8 @@ def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait()
 
 
-def _record(proc: subprocess.Popen[bytes], name: str, temporary: bool = False) -> servers.ServerRecord:
-    record = servers.ServerRecord(
+def _record(proc: subprocess.Popen[bytes], name: str, temporary: bool = False) -> server_records.ServerRecord:
+    record = server_records.ServerRecord(
         name=name, role="small", profile="unit", model="m", served_name="m", host="127.0.0.1", port=1,
         pid=proc.pid, pgid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), gpus=[],
         log_path="/dev/null", command=["sleep"], marker=f"{name}-marker", temporary=temporary,
@@ -86,7 +86,7 @@ def test_a_listed_foreign_pid_that_was_reused_is_not_signalled(sleepers: list[su
 
 
 def _save_many(name: str, count: int) -> None:
-    record = servers.ServerRecord.load(name)
+    record = server_records.ServerRecord.load(name)
     assert record is not None
     for index in range(count):
         record.port = index + 1
@@ -104,7 +104,7 @@ def test_records_saved_from_two_processes_at_once_stay_whole(sleepers: list[subp
     for writer in writers:
         writer.join(timeout=60)
     assert [writer.exitcode for writer in writers] == [0, 0]  # a shared temp name made one of them fail
-    loaded = servers.ServerRecord.load("unit-race")
+    loaded = server_records.ServerRecord.load("unit-race")
     assert loaded is not None and loaded.pid == proc.pid
     assert not list(paths.servers_dir().glob(".unit-race*"))  # no temp files left behind
     loaded.forget()
@@ -129,7 +129,7 @@ def test_a_temporary_server_outlives_its_starter_while_another_command_uses_it(
     released = servers.release(["unit-lease"])  # the next command to leave finds no live lease
     assert released.stopped == ["unit-lease"]
     assert server.wait(timeout=20) is not None
-    assert servers.ServerRecord.load("unit-lease") is None
+    assert server_records.ServerRecord.load("unit-lease") is None
 
 
 def test_a_permanent_server_is_never_stopped_by_a_command_leaving(sleepers: list[subprocess.Popen[bytes]]) -> None:
@@ -166,7 +166,7 @@ def test_records_from_an_older_splitreason_still_load(sleepers: list[subprocess.
     record = _record(proc, "unit-old")
     text = record.path.read_text().replace('"temporary": false', '"future_field": 1')
     record.path.write_text(text)
-    loaded = servers.ServerRecord.load("unit-old")
+    loaded = server_records.ServerRecord.load("unit-old")
     assert loaded is not None and loaded.pid == proc.pid and loaded.temporary is False
     servers.stop(loaded)
     assert proc.wait(timeout=10) is not None

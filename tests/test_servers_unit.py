@@ -11,13 +11,13 @@ from pathlib import Path
 import psutil
 from conftest import cli
 
-from splitcli import servers
+from splitcli import processes, server_commands, server_records, servers
 from splitcli.profiles import load_profile
 
 
 def test_command_and_environment_follow_the_profile() -> None:
     profile = load_profile("paper-32b", ["big.extra_args=[--enforce-eager]", "big.env={VLLM_LOGGING_LEVEL: DEBUG}"])
-    command = servers.build_command(profile.big, "/models/32b")
+    command = server_commands.build_command(profile.big, "/models/32b")
     assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
     flags = dict(zip(command[3::2], command[4::2], strict=False))
     assert flags["--model"] == "/models/32b"
@@ -31,11 +31,11 @@ def test_command_and_environment_follow_the_profile() -> None:
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     assert env["VLLM_LOGGING_LEVEL"] == "DEBUG"
-    assert env[servers.MARKER_ENV] == "marker-1"
+    assert env[processes.MARKER_ENV] == "marker-1"
 
 
-def _record_for(proc: subprocess.Popen[bytes], create_time: float, name: str = "unit-test") -> servers.ServerRecord:
-    return servers.ServerRecord(
+def _record_for(proc: subprocess.Popen[bytes], create_time: float, name: str = "unit-test") -> server_records.ServerRecord:
+    return server_records.ServerRecord(
         name=name, role="small", profile="unit", model="m", served_name="m", host="127.0.0.1", port=1,
         pid=proc.pid, pgid=proc.pid, create_time=create_time, gpus=[], log_path="/dev/null",
         command=["sleep"], marker=f"{name}-marker",
@@ -46,13 +46,13 @@ def test_record_round_trip_and_stop_of_our_process() -> None:
     proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
     record = _record_for(proc, psutil.Process(proc.pid).create_time())
     record.save()
-    loaded = servers.ServerRecord.load("unit-test")
+    loaded = server_records.ServerRecord.load("unit-test")
     assert loaded == record
     assert loaded is not None and loaded.leader() is not None
     result = servers.stop(loaded, grace=5)
     assert result.ended == 1 and result.left == []
     assert proc.wait(timeout=5) is not None
-    assert servers.ServerRecord.load("unit-test") is None
+    assert server_records.ServerRecord.load("unit-test") is None
 
 
 def test_reused_pid_is_never_killed() -> None:
@@ -93,7 +93,7 @@ def test_port_in_use_is_refused_before_launch_naming_its_holder(tmp_path: Path) 
             f"error: port {port} is in use by pid {holder.pid} ({sys.executable} -m http.server --bind 127.0.0.1 0): "
             f"stop it, or pick another port with --set small.port=N"
         )
-        assert servers.ServerRecord.load("portcheck-small") is None  # nothing was launched
+        assert server_records.ServerRecord.load("portcheck-small") is None  # nothing was launched
     finally:
         holder.terminate()
         holder.wait()
@@ -119,11 +119,11 @@ def test_servers_sharing_a_gpu_start_one_after_the_other() -> None:
     done.wait()
     small = _record_for(done, 0.0, name="single-gpu-small")
     small.gpus = [0]
-    assert servers.must_wait_before(profile, "big", [small])
+    assert servers.must_wait_before(profile.spec("big"), [small])
     split = load_profile("paper-32b")  # big on GPUs 0,1 and small on GPU 2: no need to wait
     small.gpus = [2]
-    assert not servers.must_wait_before(split, "big", [small])
-    assert not servers.must_wait_before(profile, "big", [])
+    assert not servers.must_wait_before(split.spec("big"), [small])
+    assert not servers.must_wait_before(profile.spec("big"), [])
 
 
 def test_cuda_builds_of_torchvision_next_to_a_cpu_torch_are_named_with_the_fix() -> None:

@@ -5,31 +5,24 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from splitcli import console, render
+from splitcli import console, render, runs
 from splitcli.cli.common import HELP_OPTIONS, Group, command, load, servers_in_use
 from splitcli.cli.options import JsonOpt, ModeOpt, SetOpt
 from splitcli.errors import DataError, Interrupted, SampleErrors
-from splitcli.evals import runner
 from splitcli.evals.tasks import TASKS, get_task, load_problems
 from splitcli.modes import get_mode
+
+if TYPE_CHECKING:
+    from splitcli.evals import runner
 
 eval_app = typer.Typer(context_settings=HELP_OPTIONS, cls=Group, invoke_without_command=True)  # help: run_eval's
 
 TaskOpt = Annotated[str | None, typer.Option("--task", "-t", metavar="TASK",
                                              help=f"Task: {', '.join(TASKS)} (default: the profile's eval.task).")]
-
-
-def _resolve(given: dict[str, Any], resume: Path | None) -> tuple[dict[str, Any], runner.RunDir | None]:
-    """What to run: the options given, with what a resumed run recorded for those left out."""
-    if resume is None:
-        return given, None
-    run_dir = runner.RunDir(resume)
-    recorded = run_dir.read_run().get("inputs", {})
-    return {key: value if value is not None else recorded.get(key) for key, value in given.items()}, run_dir
 
 
 @eval_app.callback()
@@ -61,9 +54,11 @@ def run_eval(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from splitcli.evals import runner  # the engine and the Session: not for `--help`
+
     given = {"profile": profile, "overrides": overrides, "task": task, "mode": mode, "n": n, "limit": limit,
              "data": str(data) if data else None}
-    inputs, run_dir = _resolve(given, resume)
+    inputs, run_dir = runs.resumed(runner.RunDir, given, resume)
     prof = load(inputs["profile"] or "demo", inputs["overrides"])
     task_name = inputs["task"] or prof.eval.task
     if task_name is None:
@@ -78,16 +73,13 @@ def run_eval(
                            inputs={**inputs, "profile": inputs["profile"] or "demo"})
     config = runner.config_fingerprint(plan)
     if run_dir is not None:
-        _check_same(run_dir, "run", run_dir.read_run()["fingerprint"]["config"], config)
+        runs.check_same(run_dir, "run", run_dir.read_run()["fingerprint"]["config"], config)
     else:
-        run_dir = runner.RunDir(out or Path("runs") / f"{task_name}-{mode_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if (run_dir.path / runner.SAMPLES_FILE).exists():
-            raise DataError(f"--out {run_dir.path}: a run is already there (continue it with --resume {run_dir.path}, "
-                            "or pick another folder)")
+        run_dir = runs.new_folder(runner.RunDir, out, f"{task_name}-{mode_name}")
     with servers_in_use(prof, tuple(server_keys.values()), keep):
         served = asyncio.run(runner.describe_servers(plan))
         if resume is not None:
-            _check_same(run_dir, "servers", run_dir.read_run()["fingerprint"]["served"], served)
+            runs.check_same(run_dir, "servers", run_dir.read_run()["fingerprint"]["served"], served)
         else:
             run_dir.write_run({"inputs": runner.plan_inputs(plan), "fingerprint": {"config": config, "served": served},
                                "started_at": time.time()})
@@ -95,14 +87,9 @@ def run_eval(
     _finish(summary, run_dir, json_output)
 
 
-def _check_same(run_dir: runner.RunDir, what: str, recorded: dict[str, Any], now: dict[str, Any]) -> None:
-    changed = runner.differences(recorded, now)
-    if changed:
-        raise DataError(f"--resume {run_dir.path}: this {what} differs from the one there in: {'; '.join(changed)} "
-                        "(resume with the same settings, or start a new run)")
-
-
 def _sample(plan: runner.EvalPlan, run_dir: runner.RunDir) -> dict[str, Any]:
+    from splitcli.evals import runner
+
     done = run_dir.load_samples()
     by_id = {problem.id: problem for problem in plan.problems.problems}
     pending = [(by_id[pid], index) for pid, index in plan.sample_keys()

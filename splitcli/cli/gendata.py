@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from splitcli import console, render
+from splitcli import console, render, runs
 from splitcli.cli.common import HELP_OPTIONS, Group, command, load, servers_in_use
 from splitcli.cli.options import JsonOpt, SetOpt
 from splitcli.errors import DataError, Interrupted
@@ -52,10 +52,7 @@ def make_data(
     if ctx.invoked_subcommand is not None:
         return
     given = {"profile": profile, "overrides": overrides, "source": source, "limit": limit, "fraction": fraction}
-    run_dir = run.RunDir(resume) if resume is not None else None
-    if run_dir is not None:
-        recorded = run_dir.read_run().get("inputs", {})
-        given = {key: value if value is not None else recorded.get(key) for key, value in given.items()}
+    given, run_dir = runs.resumed(run.RunDir, given, resume)
     prof = load(given["profile"] or "demo", given["overrides"])
     section = prof.gendata
     sources = load_sources(section, given["source"], given["limit"] or section.limit)
@@ -65,17 +62,9 @@ def make_data(
                            concurrency or section.concurrency, name, {**given, "profile": given["profile"] or "demo"})
     stamp = run.fingerprint(plan)
     if run_dir is not None:
-        from splitcli.evals.runner import differences
-
-        changed = differences(run_dir.read_run()["fingerprint"], stamp)
-        if changed:
-            raise DataError(f"--resume {run_dir.path}: this run differs from the one there in: {'; '.join(changed)} "
-                            "(resume with the same settings, or start a new run)")
+        runs.check_same(run_dir, "run", run_dir.read_run()["fingerprint"], stamp)
     else:
-        run_dir = run.RunDir(out or Path("runs") / f"gendata-{time.strftime('%Y%m%d-%H%M%S')}")
-        if (run_dir.path / run.PROGRESS_FILE).exists():
-            raise DataError(f"--out {run_dir.path}: a run is already there (continue it with --resume {run_dir.path}, "
-                            "or pick another folder)")
+        run_dir = runs.new_folder(run.RunDir, out, "gendata")
         run_dir.write_run({"inputs": plan.inputs, "fingerprint": stamp, "started_at": time.time()})
     servers = servers_in_use(prof, (key,), keep) if key is not None else contextlib.nullcontext()
     with servers:

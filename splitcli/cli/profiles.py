@@ -17,7 +17,8 @@ from splitcli.cli.common import command, load, sub_app
 from splitcli.cli.options import JsonOpt, SetOpt
 from splitcli.errors import ProfileError, SplitError, UsageError
 from splitcli.modes import check_profile, get_mode, knob_defaults
-from splitcli.profiles import DEMO_PAIRS, available_profiles, find_profile, load_raw, validate
+from splitcli.profile_files import available_profiles, find_profile, load_raw
+from splitcli.profiles import DEMO_PAIRS, validate
 
 profiles_app = sub_app("List, show and validate profiles.")
 demo_app = sub_app("The tiny built-in demonstration models.")

@@ -16,7 +16,6 @@ from splitcli.cli.options import JsonOpt, ModeOpt, ProfileOpt, SetOpt
 from splitcli.errors import EngineError, Interrupted, UsageError
 from splitcli.modes import get_mode
 from splitcli.profiles import Profile, demo_model
-from splitcli.solve import EMPTY_QUESTION, run_question
 from splitcli.trace import Trace, load_jsonl
 
 INTERRUPTED = "interrupted (Ctrl-C)"
@@ -38,6 +37,8 @@ def run(
 
     Example: splitreason run "What is 12 * 3 + 7?" --mode random-switch --save runs.jsonl
     """
+    from splitcli.solve import run_question  # the Session and the engine: not for `--help`
+
     question = _question(question, file)
     prof = load(profile, overrides)
     mode_name = mode or prof.mode
@@ -95,11 +96,15 @@ def _question(given: str | None, file: Path | None) -> str:
         raise UsageError(f'{file} is empty (write the question in it, or pass it: splitreason run "What is 2 + 2?")')
     if given == "-":
         raise UsageError('stdin gave no question (pipe one in: echo "What is 2 + 2?" | splitreason run -)')
+    from splitcli.solve import EMPTY_QUESTION
+
     raise UsageError(EMPTY_QUESTION)
 
 
 def _run_live(view: render.LiveView, prof: Profile, question: str, mode_name: str,
               started: Callable[[Trace], None]) -> Trace:
+    from splitcli.solve import run_question
+
     def watch(trace: Trace) -> None:
         started(trace)
         view.attach(trace)

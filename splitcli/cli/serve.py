@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from splitcli import console, gpus, servers
+from splitcli import console, gpus, server_records, servers
 from splitcli.cli.common import build_demo_models, command, load, starting_status
 from splitcli.cli.options import JsonOpt, ProfileOpt, SetOpt
 from splitcli.errors import ServerError, UsageError
@@ -98,7 +98,7 @@ def ps(json_output: JsonOpt = False) -> None:
     Example: splitreason ps --json
     """
     rows = []
-    for record in servers.all_records():
+    for record in server_records.all_records():
         held = gpus.memory_by_pid({p.pid for p in record.processes()}) if record.gpus and gpus.available() else {}
         rows.append({
             "name": record.name, "model": record.model, "served_name": record.served_name, "url": record.url,
@@ -133,7 +133,7 @@ def stop(
     """
     if (name is None) == (not all_servers):
         raise UsageError("name one server or pass --all (see `splitreason ps`)")
-    records = servers.all_records() if all_servers else [servers.find_record(name or "")]
+    records = server_records.all_records() if all_servers else [server_records.find_record(name or "")]
     if not records:
         console.info("no splitreason servers running")
     for record in records:
@@ -153,7 +153,7 @@ def logs(
 
     Example: splitreason logs demo-big -f
     """
-    record = servers.find_record(name)
+    record = server_records.find_record(name)
     path = Path(record.log_path)
     if not path.is_file():
         raise ServerError(f"log of {name} is missing ({path})")
@@ -162,7 +162,7 @@ def logs(
         sys.stdout.write(line + "\n")
     if follow:
         try:
-            for line in servers.follow(path):
+            for line in server_records.follow(path):
                 sys.stdout.write(line)
                 sys.stdout.flush()
         except KeyboardInterrupt:

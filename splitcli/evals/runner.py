@@ -88,18 +88,6 @@ def _version(package: str) -> str | None:
         return None
 
 
-def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ, with both values."""
-    found = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            found.append(f"{prefix}{key} ({json.dumps(a)} then, {json.dumps(b)} now)")
-    return found
-
-
 # ---------------------------------------------------------------- the run folder
 
 

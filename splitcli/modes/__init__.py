@@ -1,14 +1,18 @@
 """Mode registry: each module in this package registers one mode with `@register`.
 
-Adding a mode means adding one file here; discovery imports every module of the package.
+Adding a mode means adding one file here; discovery imports every module of the package. Listing the
+modes does not: their names are read from the files (see `mode_names`).
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -99,8 +103,54 @@ def _discover() -> None:
 
 
 def mode_names() -> list[str]:
-    _discover()
-    return sorted(_REGISTRY)
+    """Every mode's name. The package's own are read from their files, not imported: a mode imports
+    the Session and the engine, which `splitreason --help` and a --mode check have no use for."""
+    return sorted({*_package_mode_names(), *_REGISTRY})
+
+
+@functools.cache
+def _package_mode_names() -> tuple[str, ...]:
+    """The names the package's mode files register; where a file does not say its names plainly (no
+    source, a name that is not a string literal) the modules are imported and the registry answers."""
+    names: list[str] = []
+    for module in pkgutil.iter_modules(__path__):
+        source = Path(__path__[0]) / f"{module.name}.py"
+        found = _registered_names(source) if source.is_file() else None
+        if found is None:
+            _discover()
+            return ()
+        names += found
+    return tuple(names)
+
+
+def _registered_names(source: Path) -> list[str] | None:
+    """The `name` of each `@register` class in a mode file; None if one of them has no literal name."""
+    names = []
+    for node in ast.parse(source.read_text()).body:
+        if not isinstance(node, ast.ClassDef) or not any(_is_register(item) for item in node.decorator_list):
+            continue
+        name = next((value for item in node.body if (value := _literal_name(item)) is not None), None)
+        if name is None:
+            return None
+        names.append(name)
+    return names
+
+
+def _is_register(decorator: ast.expr) -> bool:
+    return (isinstance(decorator, ast.Name) and decorator.id == "register") or (
+        isinstance(decorator, ast.Attribute) and decorator.attr == "register")
+
+
+def _literal_name(statement: ast.stmt) -> str | None:
+    """The string a class body assigns to `name` (`name = "x"`, annotated or not), else None."""
+    if isinstance(statement, ast.Assign):
+        targets, value = statement.targets, statement.value
+    elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+        targets, value = [statement.target], statement.value
+    else:
+        return None
+    named = any(isinstance(target, ast.Name) and target.id == "name" for target in targets)
+    return value.value if named and isinstance(value, ast.Constant) and isinstance(value.value, str) else None
 
 
 def get_mode(name: str) -> type[Mode]:

@@ -18,7 +18,7 @@ from statistics import fmean
 
 from pydantic import Field
 
-from splitcli.engine import Completion, Prompt
+from splitcli.engine import Completion
 from splitcli.modes import Mode, ModeOptions, register
 from splitcli.session import Session
 from splitcli.trace import THINK_END, Model, Segment, Trace
@@ -64,14 +64,15 @@ class LogprobSubselect(Mode):
         options = self.options
         base = {role: list(await session.context(role)) for role in session.roles}
         beam = [Candidate() for _ in range(options.sgen)]
+        self._drafted: list[Segment] = []  # every candidate's segments, survivors or not
         for step in range(options.max_steps):
-            room = min(self._room(session, c) for c in beam)
+            room = min(session.room(candidate=c.tokens) for c in beam)
             if room <= 0 or all(c.ended for c in beam):
                 break
             await self._extend(session, base, beam, step, min(options.stok, room))
             await self._score(session, base, beam)
             beam = sorted(beam, key=lambda c: c.score, reverse=True)[: max(1, len(beam) // options.sdecay)]
-            self._mark(trace, beam)
+            self._mark(session, beam)
             if len(beam) <= options.lbound:
                 closed = sum(THINK_END in c.text for c in beam)
                 if closed > 2 * len(beam) / 3:
@@ -80,18 +81,10 @@ class LogprobSubselect(Mode):
                     break
                 beam = [copy for c in beam for copy in (c, c.copy())]
         winner = max(beam, key=lambda c: c.score)
-        self._mark(trace, [winner])
+        self._mark(session, [winner])
         for role, ids, text in winner.pieces:
             session.commit(role, ids, text)
         await self._finish(session, winner)
-
-    def _room(self, session: Session, candidate: Candidate) -> int:
-        return session.sampling.max_tokens - session.contexts[session.roles[0]].prompt_tokens - candidate.tokens
-
-    def _prompt(self, session: Session, base: dict[Model, list[int]], role: Model, candidate: Candidate) -> Prompt:
-        if session.shared_tokenizer:
-            return base[role] + [token for _, ids, _ in candidate.pieces for token in ids]
-        return session.contexts[role].text + candidate.text  # another tokenizer: the text, re-tokenised
 
     async def _extend(self, session: Session, base: dict[Model, list[int]], beam: list[Candidate], step: int,
                       tokens: int) -> None:
@@ -100,17 +93,15 @@ class LogprobSubselect(Mode):
         groups: dict[str, list[int]] = {}
         for position, candidate in enumerate(beam):
             if not candidate.ended:
-                groups.setdefault(repr(self._prompt(session, base, "small", candidate)), []).append(position)
+                groups.setdefault(repr(session.with_pieces("small", base["small"], candidate.pieces)), []).append(position)
         by_size: dict[int, list[list[int]]] = {}
         for members in groups.values():
             by_size.setdefault(len(members), []).append(members)
         seed = None if session.sampling.seed is None else session.sampling.seed + 1000 * step
         sampled = session.sampling.temperature > 0  # greedy: one answer per prompt, shared by its copies
-        client = session.clients["small"]
         requests = [
-            client.complete([self._prompt(session, base, "small", beam[members[0]]) for members in group],
-                            max_tokens=tokens, temperature=session.sampling.temperature, top_p=session.sampling.top_p,
-                            seed=seed, n=size if sampled else 1)
+            session.sample("small", [session.with_pieces("small", base["small"], beam[members[0]].pieces)
+                                     for members in group], tokens, n=size, seed=seed)
             for size, group in by_size.items()
         ]
         answers = await asyncio.gather(*requests)
@@ -127,33 +118,26 @@ class LogprobSubselect(Mode):
         positions = [position for position, candidate in enumerate(beam) if not candidate.ended]
         if not positions:
             return
-        room = min(self._room(session, beam[position]) for position in positions)
+        room = min(session.room(candidate=beam[position].tokens) for position in positions)
         if room <= 0:
             return
-        prompts = [self._prompt(session, base, "big", beam[position]) for position in positions]
-        completions = await session.clients["big"].complete(prompts, max_tokens=min(self.options.ltok, room),
-                                                            temperature=0.0, logprobs=1, kind="score")
+        prompts = [session.with_pieces("big", base["big"], beam[position].pieces) for position in positions]
+        completions = await session.score("big", prompts, min(self.options.ltok, room))
         for position, completion in zip(positions, completions, strict=True):
             candidate = beam[position]
             candidate.score = fmean(completion.logprobs) if completion.logprobs else float("-inf")
             self._append(session, candidate, "big", completion, position)
 
     def _append(self, session: Session, candidate: Candidate, role: Model, completion: Completion, branch: int) -> None:
-        segment = session.trace.open_segment(role)
-        segment.branch = branch
-        segment.text, segment.token_ids = completion.text, list(completion.token_ids)
-        session.trace.close_segment(segment, completion.ended_by)
         candidate.pieces.append((role, list(completion.token_ids), completion.text))
+        segment = session.record(role, completion, branch)
         candidate.segments.append(segment)
+        self._drafted.append(segment)
         candidate.ended = candidate.ended or completion.ended_with_eos
 
-    def _mark(self, trace: Trace, beam: list[Candidate]) -> None:
+    def _mark(self, session: Session, beam: list[Candidate]) -> None:
         """Only segments in a surviving candidate's lineage stay kept (shown dimmed otherwise)."""
-        alive = {id(segment) for candidate in beam for segment in candidate.segments}
-        for segment in trace.segments:
-            if segment.branch is not None:
-                segment.kept = id(segment) in alive
-                trace.emit("update", segment)
+        session.keep_only(self._drafted, [segment for candidate in beam for segment in candidate.segments])
 
     async def _finish(self, session: Session, winner: Candidate) -> None:
         """The small model closes the thinking (unless the winner did); the big model writes the answer

@@ -28,10 +28,9 @@ class SpecDecoding(Mode):
     servers: ClassVar[dict[Model, ServerKey]] = {"big": "spec"}
 
     async def run(self, session: Session, trace: Trace) -> None:
-        client = session.clients["big"]
-        before = await client.metrics()
+        before = await session.metrics("big")
         await session.write("big", session.room())
-        after = await client.metrics()
+        after = await session.metrics("big")
         counts = {name: int(after.get(metric, 0) - before.get(metric, 0)) for name, metric in COUNTERS.items()}
         drafts, drafted, accepted = counts["drafts"], counts["draft_tokens"], counts["accepted_tokens"]
         speculative = session.profile.spec("spec").speculative

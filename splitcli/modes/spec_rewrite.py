@@ -49,7 +49,7 @@ class SpecRewrite(Mode):
                 await session.drop_stop_string(writer, result, segment)
             session.close(segment, "stop" if closed else result.ended_by)
             if options.drafts and closed and result.token_ids:  # an ended text is not rewritten
-                segment = await self._rewrite(session, trace, segment, result, reasoning)
+                segment = await self._rewrite(session, segment, result, reasoning)
             else:
                 session.commit(writer, result.token_ids, result.text)
             reasoning.append(segment)
@@ -60,32 +60,24 @@ class SpecRewrite(Mode):
         if session.room() > 0:
             await session.write("big", session.room())  # the answer after the closed thinking block
 
-    async def _rewrite(self, session: Session, trace: Trace, segment: Segment, result: Completion,
+    async def _rewrite(self, session: Session, segment: Segment, result: Completion,
                        reasoning: list[Segment]) -> Segment:
         """`drafts` small-model rewrites of the round (or of everything, with full_rewrite); the longest
         is kept in place of what it rewrites."""
         options = self.options
         replaced = [*reasoning, segment] if options.full_rewrite else [segment]
         original = "".join(s.text for s in replaced)
-        client = session.clients["small"]
         message = options.rewrite_prompt.format(reasoning=original)
-        prompt, _ = await client.tokenize_chat([{"role": "user", "content": message}])
-        sampled = session.sampling.temperature > 0
+        prompt = await session.chat_prompt("small", [{"role": "user", "content": message}])
         budget = max(1, min(session.room(), 2 * sum(s.tokens for s in replaced)))
-        drafts = await client.complete([prompt], max_tokens=budget, temperature=session.sampling.temperature,
-                                       top_p=session.sampling.top_p, seed=session.sampling.seed, stop=[THINK_END],
-                                       n=options.drafts if sampled else 1)
+        drafts = await session.sample("small", [prompt], budget, n=options.drafts, seed=session.sampling.seed,
+                                      stop=[THINK_END])
         rewrites = []
         for index, draft in enumerate(drafts):
             await session.drop_stop_string("small", draft)
-            rewrite = trace.open_segment("small")
-            rewrite.branch, rewrite.text, rewrite.token_ids = index, draft.text, list(draft.token_ids)
-            trace.close_segment(rewrite, "rewrite")
-            rewrites.append(rewrite)
+            rewrites.append(session.record("small", draft, index, "rewrite"))
         best = max(rewrites, key=lambda r: len(r.text))
-        for item in (*replaced, *rewrites):
-            item.kept = item is best
-            trace.emit("update", item)
+        session.keep_only([*replaced, *rewrites], [best])
         if options.full_rewrite:
             for role in session.roles:
                 session.rewind(role)

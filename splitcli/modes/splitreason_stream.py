@@ -16,9 +16,10 @@ from collections import deque
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from splitcli.handoffs import LiveDraft
 from splitcli.modes import Mode, ProbeOptions, register
 from splitcli.probing import CloseProbe, Cut, CutFinder
-from splitcli.session import LiveDraft, Session
+from splitcli.session import Session
 from splitcli.trace import Segment, Trace
 
 
