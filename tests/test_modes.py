@@ -38,15 +38,15 @@ def _segments(trace: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return [(s["model"], s["text"], s["kept"]) for s in trace["segments"]]
 
 
-PEER_MODES = ["glimprouter", "specreason"]  # training-free peer methods: tests/test_peer_modes.py
+PEER_MODES = ["glimprouter", "specreason", "speculative-thinking", "relaygen"]  # training-free: tests/test_peer_modes.py
 
 
-def test_there_are_ten_modes() -> None:
+def test_there_are_twelve_modes() -> None:
     assert sorted(ALL_MODES + PEER_MODES) == [name for name in mode_names() if not name.startswith("test-")]
 
 
 # spec-decoding needs the big model's spec server, which only the demo pair's tests start.
-@pytest.mark.parametrize(("pair", "mode"), pair_cases(lambda name: [m for m in ALL_MODES
+@pytest.mark.parametrize(("pair", "mode"), pair_cases(lambda name: [m for m in ALL_MODES + PEER_MODES
                                                                    if name == "demo" or m != "spec-decoding"]),
                          indirect=["pair"])
 def test_each_mode_is_reproducible_under_a_seed_and_counts_right(pair: str, mode: str) -> None:

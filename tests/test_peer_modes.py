@@ -1,25 +1,37 @@
-"""The training-free peer methods as modes (GlimpRouter, SpecReason), through the real engine on both
-demo pairs. The demo models were never trained for these methods, so the tests pin the rules, not
-the answers: who writes each step for thresholds that force one side, what is thrown away and counted."""
+"""The training-free peer methods as modes (GlimpRouter, SpecReason, Speculative Thinking, RelayGen),
+through the real engine on both demo pairs. The demo models were never trained for these methods,
+so the tests pin the rules, not the answers: who writes each step for knobs that force one side,
+what is thrown away and counted, and a server that dies midway."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+
+import pytest
 
 from splitcli.modes.glimprouter import entropy
 from splitcli.modes.specreason import step_score
+from splitcli.modes.speculative_thinking import sentiment
 from splitcli.profiles import load_profile
 from splitcli.solve import run_question
-from splitcli.trace import Trace
+from splitcli.trace import THINK_END, Segment, Trace
 
 STEPS = ". "  # the demo traces have no blank lines: sentences are the steps
 
 
+STEP_KNOBS = {"glimprouter": ["delimiter", "max_step_tokens"], "specreason": ["delimiter", "max_step_tokens"],
+              "speculative-thinking": ["trigger", "max_segment_tokens"], "relaygen": []}
+
+
+def _profile(pair: str, mode: str, *knobs: str) -> object:
+    step, size = (STEP_KNOBS[mode] + [None, None])[:2]
+    steps = [f"modes.{mode}.{step}={STEPS}", f"modes.{mode}.{size}=24"] if step else []
+    return load_profile(pair, [*steps, "sampling.max_tokens=220", "sampling.temperature=0", *knobs])
+
+
 def _run(pair: str, mode: str, *knobs: str) -> Trace:
-    profile = load_profile(pair, [f"modes.{mode}.delimiter={STEPS}", f"modes.{mode}.max_step_tokens=24",
-                                  "sampling.max_tokens=220", "sampling.temperature=0", *knobs])
-    question = "What is 12 * 3 + 7?"
-    trace = asyncio.run(run_question(profile, question, mode))
+    trace = asyncio.run(run_question(_profile(pair, mode, *knobs), "What is 12 * 3 + 7?", mode))  # type: ignore[arg-type]
     assert trace.error is None, trace.error
     return trace
 
@@ -30,6 +42,11 @@ def test_the_pure_rules() -> None:
     assert step_score({" 8": -0.1, "3": -2.5}, "greedy") == 8.0
     assert step_score({"x": -0.1, "3": -2.5}, "greedy") == 0.0  # a non-digit is 0, as published
     assert abs(step_score({"8": -0.6931, "2": -0.6931, "x": -0.1}, "average") - 5.0) < 1e-6
+    positive, negative = ["yes", "final answer"], ["wait", "check"]
+    assert sentiment("Yes, so", positive, negative) == 1
+    assert sentiment("Wait, let me checking", positive, negative) == -1  # substrings count, as published
+    assert sentiment("yes... wait", positive, negative) == -1  # a tie with an affirmation is a reflection
+    assert sentiment("12 * 3 = 36", positive, negative) == 0
 
 
 def test_glimprouter_routes_each_step_by_the_small_models_first_token_entropy(pair: str) -> None:
@@ -66,8 +83,110 @@ def test_specreason_keeps_the_drafts_the_judge_passes_and_rewrites_the_others(pa
     assert stats["spent_tokens"]["small"] == stats["tokens"]["small"] + sum(segment.tokens for segment in dropped)
 
 
+def _dropped(trace: Trace) -> list[Segment]:
+    return [segment for segment in trace.segments if not segment.kept]
+
+
+def test_speculative_thinking_hands_over_only_at_a_cue_after_a_paragraph(pair: str) -> None:
+    mode = "speculative-thinking"
+    no_cue = _run(pair, mode, f"modes.{mode}.probe_tokens=8")  # the demo text has none of the default cues
+    assert no_cue.extra["takeovers"] == [] and no_cue.stats()["tokens"]["big"] == 0
+    probes = _dropped(no_cue)
+    assert probes and {s.model for s in probes} == {"small"} and all(s.tokens <= 8 for s in probes)
+    stats = no_cue.stats()
+    assert stats["spent_tokens"]["small"] == stats["tokens"]["small"] + sum(s.tokens for s in probes)
+
+    every_break = _run(pair, mode, f"modes.{mode}.probe_tokens=8", f"modes.{mode}.positive=[' ']")
+    takeovers = every_break.extra["takeovers"]
+    assert takeovers and all(t["model"] == "big" and t["why"] == "cue" and 0 < t["tokens"] <= 8 for t in takeovers)
+    assert every_break.stats()["tokens"]["big"] == sum(t["tokens"] for t in takeovers)
+    assert len(_dropped(every_break)) == len(takeovers)  # each takeover replaced the small model's probe
+
+    checking = _run(pair, mode, f"modes.{mode}.probe_tokens=4", f"modes.{mode}.verify=[' ']",
+                    f"modes.{mode}.verify_tokens=6")
+    assert all(4 < t["tokens"] <= 10 for t in checking.extra["takeovers"][:-1])  # 4, then 6 more on a verify cue
+
+    recapping = _run(pair, mode, f"modes.{mode}.probe_tokens=4", f"modes.{mode}.negative=[' ']",
+                     f"modes.{mode}.recap_after=1", f"modes.{mode}.recap_tokens=5")
+    recaps = [t for t in recapping.extra["takeovers"] if t["why"] == "recap"]
+    assert recaps and recaps[0]["tokens"] <= 5
+    assert "Let me check whether there are some wrong steps:" in recapping.text
+
+
+def test_relaygen_hands_the_rest_of_a_sentence_to_the_small_model_after_a_cue(pair: str) -> None:
+    no_cue = _run(pair, "relaygen", "modes.relaygen.cues=[]")
+    assert no_cue.extra["relays"] == []
+    kept = no_cue.kept_segments
+    assert [s.model for s in kept] == ["big", "small"] and kept[0].text.endswith(THINK_END)  # small: the answer
+
+    every_space = _run(pair, "relaygen", "modes.relaygen.cues=[' ']")
+    relays = every_space.extra["relays"]
+    assert relays and all(relay["cue"] == " " and relay["big_tokens"] >= 5 for relay in relays)  # vLLM's min_tokens
+    smalls = [s for s in every_space.kept_segments if s.model == "small"]
+    ends = (".", "!", "?", "\n\n", THINK_END)
+    assert all(s.text.endswith(ends) for s in smalls[:-1])  # a sentence, then back to the big model
+    assert [s.model for s in every_space.kept_segments][:2] == ["big", "small"]
+
+
+class Severable:
+    """A TCP relay in front of a real server that can be cut mid-request: to the client, the server died."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.url = port, ""
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Severable:
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self._writers += [writer, upstream_writer]
+            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+        self._server = await asyncio.start_server(relay, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    def sever(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.sever()
+
+
+KILLING = {"glimprouter": ["modes.glimprouter.threshold=0"], "specreason": ["modes.specreason.threshold=9"],
+           "speculative-thinking": ["modes.speculative-thinking.positive=[' ']"], "relaygen": []}
+
+
+@pytest.mark.parametrize("mode", list(KILLING))
+def test_the_big_server_dying_mid_mode_gives_one_line_and_the_partial_trace(pair: str, mode: str) -> None:
+    async def go() -> tuple[Trace, str]:
+        real = load_profile(pair).spec("big")
+        async with Severable(real.port) as relay:
+            profile = _profile(pair, mode, *KILLING[mode], f"big.endpoints=[{relay.url}]", "big.speculative=null")
+
+            def watch(trace: Trace) -> None:
+                trace.subscribe(lambda event, segment: relay.sever() if segment.model == "big" and segment.tokens else None)
+
+            return await run_question(profile, "What is 12 * 3 + 7?", mode, watch=watch), relay.url  # type: ignore[arg-type]
+
+    trace, url = asyncio.run(go())
+    assert trace.error is not None and "\n" not in trace.error
+    assert trace.error.startswith(f"big model {load_profile(pair).spec('big').name} at {url}")
+    assert trace.segments and any(s.model == "big" and s.tokens for s in trace.segments)  # what came before is kept
+
+
 def test_the_peer_modes_are_listed() -> None:
     from conftest import cli
 
     listed = cli("modes").out
-    assert "glimprouter" in listed and "specreason" in listed
+    assert all(name in listed for name in ("glimprouter", "specreason", "speculative-thinking", "relaygen"))
