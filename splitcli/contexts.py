@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from splitcli.engine import Completion, EngineClient
+from splitcli.errors import UsageError
 from splitcli.profiles import PromptConfig
 from splitcli.trace import Model, Trace, strip_tags
 
@@ -137,6 +138,23 @@ class Contexts:
             ids += await client.tokenize(prefill)
             text += prefill
         self.of[role] = Context(ids=ids, text=text, prompt_tokens=len(ids), prompt_text=text, max_model_len=max_len)
+
+    def check_fit(self, budget: int) -> int:
+        """The prompt's tokens, once it fits each model's context and leaves some of the budget."""
+        for role in self.roles:
+            context = self.of[role]
+            if context.max_model_len and context.prompt_tokens >= context.max_model_len:
+                raise UsageError(
+                    f"the question makes a {context.prompt_tokens}-token prompt, over the {role} model's context of "
+                    f"{context.max_model_len} tokens (shorten it, or raise {role}.max_model_len)"
+                )
+        prompt = self.of[self.roles[0]].prompt_tokens
+        if prompt >= budget:
+            raise UsageError(
+                f"the question makes a {prompt}-token prompt, which leaves nothing of the {budget}-token budget "
+                f"(shorten it, or raise it with --set sampling.max_tokens=N)"
+            )
+        return prompt
 
     async def learn_tokenizers(self) -> None:
         """Whether handoffs can pass token ids (both tokenizers spell a probe alike), and the tags' ids."""

@@ -15,7 +15,6 @@ from typing import Any
 from splitcli.contexts import Contexts
 from splitcli.drafting import Drafter
 from splitcli.engine import Completion, EngineClient, Prompt
-from splitcli.errors import UsageError
 from splitcli.handoffs import LiveDraft, LiveRequests, Warmer
 from splitcli.probing import CloseProbe, Prober
 from splitcli.profiles import Profile, PromptConfig, Sampling, ServerKey
@@ -95,20 +94,7 @@ class Session:
                              for role, info in zip(self.roles, served, strict=True)}
         await asyncio.gather(*(self.contexts.build_prompt(role, self.trace, with_hint and role == "small")
                                for role in self.roles))
-        for role in self.roles:
-            context = self.contexts[role]
-            if context.max_model_len and context.prompt_tokens >= context.max_model_len:
-                raise UsageError(
-                    f"the question makes a {context.prompt_tokens}-token prompt, over the {role} model's context of "
-                    f"{context.max_model_len} tokens (shorten it, or raise {role}.max_model_len)"
-                )
-        budget, prompt = self.sampling.max_tokens, self.contexts[self.roles[0]].prompt_tokens
-        self.trace.prompt_tokens = prompt
-        if prompt >= budget:
-            raise UsageError(
-                f"the question makes a {prompt}-token prompt, which leaves nothing of the {budget}-token budget "
-                f"(shorten it, or raise it with --set sampling.max_tokens=N)"
-            )
+        self.trace.prompt_tokens = self.contexts.check_fit(self.sampling.max_tokens)
         await self.contexts.learn_tokenizers()
         self.trace.handoff = "token_ids" if self.contexts.shared_tokenizer else "text"
 

@@ -13,7 +13,7 @@ import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -43,12 +43,16 @@ class ProbeOptions(ModeOptions):
                                                 "of all prefixes")
 
 
-class Mode(ABC):
-    """A way of composing the two models; fills a Trace."""
+OptionsT = TypeVar("OptionsT", bound=ModeOptions)
+
+
+class Mode(ABC, Generic[OptionsT]):
+    """A way of composing the two models; fills a Trace. `Mode[TheirOptions]` names its knobs."""
 
     name: ClassVar[str]
     summary: ClassVar[str]
     Options: ClassVar[type[ModeOptions]] = ModeOptions
+    options: OptionsT
     # The SplitReason hint is for models trained to emit tags; baselines prompt without it.
     uses_hint: ClassVar[bool] = False
     # The models a mode talks to; only their servers are needed.
@@ -70,7 +74,14 @@ class Mode(ABC):
         """Model -> the server that answers for it in this mode."""
         return {role: cls.servers.get(role, role) for role in cls.roles}
 
-    def __init__(self, options: ModeOptions) -> None:
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):  # class X(Mode[XOptions]): its knobs are XOptions
+            origin = get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, Mode) and isinstance(get_args(base)[0], type):
+                cls.Options = get_args(base)[0]
+
+    def __init__(self, options: OptionsT) -> None:
         self.options = options
 
     def configure(self, session: Session) -> None:

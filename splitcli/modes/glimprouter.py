@@ -37,11 +37,9 @@ def entropy(logprobs: dict[str, float]) -> float:
 
 
 @register
-class GlimpRouter(Mode):
+class GlimpRouter(Mode[GlimpOptions]):
     name = "glimprouter"
     summary = "per step, the small model's first-token entropy picks who writes it (GlimpRouter, training-free)"
-    Options = GlimpOptions
-    options: GlimpOptions
 
     async def run(self, session: Session, trace: Trace) -> None:
         options, steps = self.options, trace.extra.setdefault("steps", [])

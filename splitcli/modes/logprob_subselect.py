@@ -53,11 +53,9 @@ class Candidate:
 
 
 @register
-class LogprobSubselect(Mode):
+class LogprobSubselect(Mode[SubselectOptions]):
     name = "logprob-subselect"
     summary = "beam over small-model drafts, scored by the big model's log-probs; the best survives"
-    Options = SubselectOptions
-    options: SubselectOptions
     replaces_text = True
 
     async def run(self, session: Session, trace: Trace) -> None:

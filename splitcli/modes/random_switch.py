@@ -18,11 +18,9 @@ class RandomSwitchOptions(ModeOptions):
 
 
 @register
-class RandomSwitch(Mode):
+class RandomSwitch(Mode[RandomSwitchOptions]):
     name = "random-switch"
     summary = "random model per chunk, big with probability 1/(ratio+1) (the paper's baseline)"
-    Options = RandomSwitchOptions
-    options: RandomSwitchOptions
 
     async def run(self, session: Session, trace: Trace) -> None:
         options = self.options

@@ -42,11 +42,9 @@ class RelayGenOptions(ModeOptions):
 
 
 @register
-class RelayGen(Mode):
+class RelayGen(Mode[RelayGenOptions]):
     name = "relaygen"
     summary = "the big model reasons; after its cue words the small one finishes the sentence, and answers (RelayGen)"
-    Options = RelayGenOptions
-    options: RelayGenOptions
 
     async def run(self, session: Session, trace: Trace) -> None:
         options, relays = self.options, trace.extra.setdefault("relays", [])

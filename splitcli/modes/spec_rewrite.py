@@ -30,16 +30,14 @@ class RewriteOptions(ModeOptions):
 
 
 @register
-class SpecRewrite(Mode):
+class SpecRewrite(Mode[RewriteOptions]):
     name = "spec-rewrite"
     summary = "thinking rounds with 'Wait' (budget forcing); the small model rewrites each round"
-    Options = RewriteOptions
-    options: RewriteOptions
     replaces_text = True
 
     async def run(self, session: Session, trace: Trace) -> None:
-        options = self.options
         reasoning: list[Segment] = []  # the kept reasoning so far, round by round
+        options = self.options
         for number in range(options.rounds):
             writer: Model = "small" if number == 0 and options.small_first else "big"
             segment = await session.open(writer)

@@ -53,11 +53,9 @@ def step_score(logprobs: dict[str, float], method: str) -> float:
 
 
 @register
-class SpecReason(Mode):
+class SpecReason(Mode[SpecReasonOptions]):
     name = "specreason"
     summary = "the small model drafts each step, the big one scores it and rewrites the weak ones (SpecReason)"
-    Options = SpecReasonOptions
-    options: SpecReasonOptions
     provisional = ("small",)  # a draft is shown once the judge has kept it
 
     async def run(self, session: Session, trace: Trace) -> None:

@@ -37,11 +37,11 @@ class SpeculativeThinkingOptions(ModeOptions):
     choose_large: bool = Field(True, description="at a cue the big model's tokens are always kept (else only "
                                                  "where its sentiment turns the small model's)")
     verify_tokens: int = Field(125, ge=0, description="big-model tokens after a chunk with a verify cue")
-    recap_words: str = Field("Let me check whether there are some wrong steps:",
-                             description="written before the big model's recap")
     recap_tokens: int = Field(125, ge=1, description="the first recap's length")
     recap_growth: int = Field(25, ge=0, description="each recap is this much longer than the one before")
     max_recap_tokens: int = Field(200, ge=1, description="longest recap")
+    recap_words: str = Field("Let me check whether there are some wrong steps:",
+                             description="written before the big model's recap")
     recap_after: int = Field(15, ge=1, description="net-negative chunks before the first recap")
     recap_after_growth: int = Field(5, ge=0, description="each later recap needs this many more")
     max_recap_after: int = Field(30, ge=1, description="most net-negative chunks a recap waits for")
@@ -61,11 +61,9 @@ def sentiment(text: str, positive: list[str], negative: list[str]) -> int:
 
 
 @register
-class SpeculativeThinking(Mode):
+class SpeculativeThinking(Mode[SpeculativeThinkingOptions]):
     name = "speculative-thinking"
     summary = "the small model reasons; at reflection cues after a paragraph the big one takes over (Speculative Thinking)"
-    Options = SpeculativeThinkingOptions
-    options: SpeculativeThinkingOptions
     provisional = ("small",)  # a probe is shown once it is kept
 
     async def run(self, session: Session, trace: Trace) -> None:

@@ -9,12 +9,17 @@ cut landed in the wrong place) and its EOS branch appended the last segment twic
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from typing import TypeVar
+
 from pydantic import Field
 
 from splitcli.modes import Mode, ProbeOptions, register
 from splitcli.probing import CutFinder
 from splitcli.session import Session
 from splitcli.trace import Trace
+
+TaggedOptionsT = TypeVar("TaggedOptionsT", bound=ProbeOptions)
 
 
 class SplitReasonOptions(ProbeOptions):
@@ -23,17 +28,12 @@ class SplitReasonOptions(ProbeOptions):
     big_segment_cap: int = Field(512, ge=1, description="longest big segment before </bigmodel> is forced")
 
 
-@register
-class SplitReason(Mode):
-    name = "splitreason"
-    summary = "small model writes, big model takes the parts it marks with <bigmodel> (the paper)"
-    Options = SplitReasonOptions
+class TaggedMode(Mode[TaggedOptionsT]):
+    """The small model writes until it opens a tag; the big model's segment (how it ends is the
+    subclass's) follows; the small model goes on after the closing tag."""
+
     uses_hint = True
     provisional = ("big",)  # a probe may still cut the big model's draft
-    options: SplitReasonOptions
-
-    def configure(self, session: Session) -> None:
-        session.use(probe_route=self.options.probe_route)
 
     async def run(self, session: Session, trace: Trace) -> None:
         while True:  # the small model always writes after a big segment, if only the closing tag
@@ -42,6 +42,19 @@ class SplitReason(Mode):
                 return  # EOS or budget: the answer is complete
             if await self._big_segment(session):
                 return
+
+    @abstractmethod
+    async def _big_segment(self, session: Session) -> bool:
+        """Let the big model write until the small model would close the tag; True when the text ended."""
+
+
+@register
+class SplitReason(TaggedMode[SplitReasonOptions]):
+    name = "splitreason"
+    summary = "small model writes, big model takes the parts it marks with <bigmodel> (the paper)"
+
+    def configure(self, session: Session) -> None:
+        session.use(probe_route=self.options.probe_route)
 
     async def _big_segment(self, session: Session) -> bool:
         """Let the big model write until the small model would close the tag; True when the text ended."""

@@ -17,10 +17,11 @@ from collections import deque
 from pydantic import Field, ValidationInfo, field_validator
 
 from splitcli.handoffs import LiveDraft
-from splitcli.modes import Mode, ProbeOptions, register
+from splitcli.modes import ProbeOptions, register
+from splitcli.modes.splitreason import TaggedMode
 from splitcli.probing import CloseProbe, Cut, CutFinder
 from splitcli.session import Session
-from splitcli.trace import Segment, Trace
+from splitcli.trace import Segment
 
 
 class StreamOptions(ProbeOptions):
@@ -48,25 +49,13 @@ class StreamOptions(ProbeOptions):
 
 
 @register
-class SplitReasonStream(Mode):
+class SplitReasonStream(TaggedMode[StreamOptions]):
     name = "splitreason-stream"
     summary = "splitreason with the big model streamed, probes pipelined and warm handoffs (measured, not simulated)"
-    Options = StreamOptions
-    uses_hint = True
-    provisional = ("big",)  # a probe may still cut the big model's draft
-    options: StreamOptions
 
     def configure(self, session: Session) -> None:
         session.use(warm_every=self.options.warm_every, live_handoff=self.options.live_handoff,
                     probe_route=self.options.probe_route)
-
-    async def run(self, session: Session, trace: Trace) -> None:
-        while True:
-            _, result = await session.write("small", session.room(), stop=[session.tags.open_tag])
-            if not (result.stopped_on_string and result.stop_reason == session.tags.open_tag):
-                return
-            if await self._big_segment(session):
-                return
 
     async def _big_segment(self, session: Session) -> bool:
         segment = await session.open("big")
