@@ -18,6 +18,7 @@ from splitcli.engine_wire import (
     error_message,
     failure_kind,
     http_client,
+    kv_cache_tokens,
     metric_totals,
     refusal_kind,
     served_models,
@@ -111,13 +112,21 @@ class ModelConnection:
             return self._info
 
     async def metrics(self) -> dict[str, float]:
-        """The server's Prometheus metrics summed over labels, e.g. `vllm:num_requests_running`."""
-        url = self.urls[0]
+        """The server's Prometheus metrics summed over labels, e.g. `vllm:num_requests_running` (a
+        bound twin's: its replica's)."""
+        return metric_totals(await self._metrics_text(self._pinned or self.urls[0]))
+
+    async def kv_cache_tokens(self) -> list[int | None]:
+        """Each replica's KV cache size in tokens (None where the server does not report it)."""
+        texts = await asyncio.gather(*(self._metrics_text(url) for url in self.urls))
+        return [kv_cache_tokens(text) for text in texts]
+
+    async def _metrics_text(self, url: str) -> str:
         try:
             response = await self._http.get(f"{url}/metrics")
         except httpx.HTTPError as exc:
             raise self._failure(url, exc) from None
-        return metric_totals(response.text)
+        return response.text
 
     def _failure(self, url: str, exc: Exception) -> EngineError:
         """A request that got no (readable) reply."""

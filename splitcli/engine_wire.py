@@ -143,3 +143,18 @@ def metric_totals(text: str) -> dict[str, float]:
         for sample in family.samples:
             totals[sample.name] = totals.get(sample.name, 0.0) + float(sample.value)
     return totals
+
+
+def kv_cache_tokens(text: str) -> int | None:
+    """Tokens the server's KV cache holds (vLLM's `vllm:cache_config_info`: blocks x block size),
+    summed over its engines; None when it does not say."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("vllm:cache_config_info"):
+                blocks, size = sample.labels.get("num_gpu_blocks", ""), sample.labels.get("block_size", "")
+                if blocks.isdigit() and size.isdigit():
+                    total = (total or 0) + int(blocks) * int(size)
+    return total

@@ -19,7 +19,8 @@ class EvalSection(StrictModel):
     task: str | None = Field(None, description="built-in task (default: demo for demo models, else aime24)")
     samples: int = Field(1, ge=1, description="samples per problem (n)")
     limit: int | None = Field(None, ge=1, description="first K problems only")
-    concurrency: int = Field(8, ge=1, description="samples in flight at once")
+    concurrency: int | None = Field(None, ge=1, description="samples in flight at once (default: as many as the "
+                                                           "servers' KV caches hold at the token budget)")
     seed: int = Field(0, description="run seed: each sample's seed comes from it, the problem id and its index")
     revision: str | None = Field(None, description="dataset commit to load (default: the task's, else the hub's current)")
 

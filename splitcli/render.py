@@ -245,20 +245,30 @@ class WorkProgress:
 
 
 class EvalProgress(WorkProgress):
-    """An eval's progress: running pass@1 and mean offload of the samples graded so far."""
+    """An eval's progress: running pass@1 and mean offload of the samples graded so far, and this
+    run's throughput (tokens per second of each model, all samples in flight together)."""
 
     def __init__(self, total: int, done: int, graded: list[dict[str, Any]]) -> None:
         self.correct = sum(1 for r in graded if r.get("correct"))
         self.graded = len(graded)
         self.offload = sum(r["trace"]["stats"]["offload_share"] for r in graded)
         self.errored = 0
+        self.tokens = {"small": 0, "big": 0}  # spent by the samples finished in this run
         super().__init__("eval", total, done, self._status)
 
     def _status(self) -> str:
         pass1 = f"{self.correct / self.graded:.1%}" if self.graded else "-"
         offload = f"{self.offload / self.graded:.1%}" if self.graded else "-"
         errors = f" · {self.errored} errored" if self.errored else ""
-        return f"pass@1 {pass1} · offload {offload}{errors} · samples"
+        speeds = self.throughput()["tokens_per_second"]
+        rates = " ".join(f"{model} {rate:.0f}" for model, rate in speeds.items() if self.tokens[model])
+        return f"pass@1 {pass1} · offload {offload}{errors} · tok/s {rates or '-'} · samples"
+
+    def throughput(self) -> dict[str, Any]:
+        """This run's samples and tokens per second of wall time."""
+        seconds = max(time.monotonic() - self.started, 1e-9)
+        return {"samples_per_second": round(self.fresh / seconds, 4),
+                "tokens_per_second": {model: round(count / seconds, 1) for model, count in self.tokens.items()}}
 
     def record(self, sample: dict[str, Any]) -> None:
         if sample.get("error") is not None:
@@ -267,6 +277,8 @@ class EvalProgress(WorkProgress):
             self.graded += 1
             self.correct += bool(sample.get("correct"))
             self.offload += sample["trace"]["stats"]["offload_share"]
+            for model, count in sample["trace"]["stats"]["spent_tokens"].items():
+                self.tokens[model] = self.tokens.get(model, 0) + count
         self.advance()
 
 
@@ -300,6 +312,10 @@ def eval_summary(summary: dict[str, Any], console: Console) -> None:
             slow = probes.get("openai", 0)
             cells = f"route {probes.get('route', 0)}, OpenAI API {slow}, route failed {probes.get('route_failed', 0)}"
             head.add_row("probe calls", Text(cells, "yellow" if slow else ""))
+    rate = summary.get("throughput")
+    if rate:
+        speeds = ", ".join(f"{model} {value:.1f}" for model, value in rate["tokens_per_second"].items())
+        head.add_row("throughput (this run)", f"{rate['samples_per_second']:.3f} samples/s; tokens/s {speeds}")
     head.add_row("samples", f"{summary['samples']} ({summary['errored']} errored) in {summary['wall_seconds']:.1f} s")
     console.print(head)
 

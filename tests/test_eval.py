@@ -4,6 +4,7 @@ comparison and its plot, and one-line errors for data that cannot be had."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -11,10 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import cli
 
 from splitcli import demo
+from splitcli.profiles import load_profile
 
 pytestmark = pytest.mark.usefixtures("demo_servers")
 
@@ -38,11 +41,31 @@ def _comparable(results: dict[str, Any]) -> dict[str, Any]:
             "fingerprint": results["fingerprint"]}
 
 
+def _kv_fits(pair: str) -> int:
+    """Samples every model's KV cache holds at the budget, from the servers' own metrics."""
+    profile = load_profile(pair)
+    fits = []
+    for role in ("small", "big"):
+        text = httpx.get(f"{profile.spec(role).urls[0]}/metrics", timeout=10).text
+        info = next(line for line in text.splitlines() if line.startswith("vllm:cache_config_info{"))
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', info))
+        fits.append(int(labels["num_gpu_blocks"]) * int(labels["block_size"]) // profile.sampling.max_tokens)
+    return max(1, min(256, *fits))
+
+
 def test_eval_on_the_demo_profile_end_to_end(tmp_path: Path, pair: str) -> None:
     out = tmp_path / "run"
-    result = cli("eval", "--profile", pair, "--out", str(out), "--json")
+    # No concurrency set: eval sizes it from what the servers' KV caches hold, and says so.
+    result = cli("eval", "--profile", pair, "--out", str(out), "--json", "--set", "eval.concurrency=null")
     assert result.code == 0, result.err
     summary = result.json()
+    fits = _kv_fits(pair)
+    assert summary["concurrency"] == fits  # type: ignore[index]
+    assert f"· concurrency {fits} (not set: what the KV caches hold at 1024 tokens a sample, small " in result.err
+    rate, tokens = summary["throughput"], summary["usage"]["tokens"]  # type: ignore[index]
+    assert rate["samples_per_second"] > 0 and set(rate["tokens_per_second"]) == {"small", "big"}
+    # One wall clock for both models: their rates stand as their tokens do.
+    assert abs(rate["tokens_per_second"]["small"] / rate["tokens_per_second"]["big"] - tokens["small"] / tokens["big"]) < 0.05
     assert summary["task"] == "demo" and summary["mode"] == "splitreason"  # type: ignore[index]
     assert summary["problems"] == len(demo.QUESTIONS) and summary["n"] == 1 and summary["errored"] == 0  # type: ignore[index]
     assert summary["accuracy"]["pass@1"] == 1.0  # type: ignore[index]  # the demo models know their answers

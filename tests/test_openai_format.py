@@ -132,3 +132,15 @@ def test_engine_raise_sites_set_the_kind_and_keep_their_message() -> None:
     refused = _failing(httpx.Response(400, json={"error": {"message": "bad prompt"}}))
     assert (refused.kind, str(refused)) == ("rejected", "small model at http://h:1 rejected the request: bad prompt")
     assert _failing(httpx.Response(500, text="boom")).kind == "server_error"
+
+
+def test_the_kv_cache_size_is_read_from_vllms_cache_config_info() -> None:
+    from splitcli.engine_wire import kv_cache_tokens
+
+    text = ('# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig\n'
+            '# TYPE vllm:cache_config_info gauge\n'
+            'vllm:cache_config_info{block_size="32",engine="0",num_gpu_blocks="1500"} 1.0\n'
+            'vllm:cache_config_info{block_size="32",engine="1",num_gpu_blocks="500"} 1.0\n')
+    assert kv_cache_tokens(text) == 2000 * 32  # both engines of a data-parallel server
+    assert kv_cache_tokens("vllm:num_requests_running 0.0\n") is None
+    assert kv_cache_tokens('vllm:cache_config_info{block_size="32",num_gpu_blocks="None"} 1.0\n') is None

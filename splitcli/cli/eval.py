@@ -34,8 +34,9 @@ def run_eval(
     mode: ModeOpt = None,
     n: Annotated[int | None, typer.Option("--n", min=1, metavar="N", help="Samples per problem (default: eval.samples).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, metavar="K", help="Only the first K problems.")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1, metavar="C",
-                                                    help="Samples in flight (default: eval.concurrency).")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", "-c", min=1, metavar="C",
+        help="Samples in flight (default: eval.concurrency, else what the KV caches hold).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder (default: runs/TASK-MODE-TIME).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this folder.")] = None,
     data: Annotated[Path | None, typer.Option("--data", help="A local set: JSONL/parquet/CSV (id, problem, answer, "
@@ -83,6 +84,9 @@ def run_eval(
         else:
             run_dir.write_run({"inputs": runner.plan_inputs(plan), "fingerprint": {"config": config, "served": served},
                                "started_at": time.time()})
+        if plan.concurrency is None:
+            plan.concurrency, chosen = asyncio.run(runner.fitting_concurrency(plan))
+            console.info(chosen)
         summary = _sample(plan, run_dir)
     _finish(summary, run_dir, json_output)
 
@@ -105,8 +109,9 @@ def _sample(plan: runner.EvalPlan, run_dir: runner.RunDir) -> dict[str, Any]:
             asyncio.run(runner.run_samples(plan, run_dir, pending, progress.record))
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; the samples written so far are kept: continue with --resume {run_dir.path}") from None
-    return runner.results(plan, run_dir.load_samples(), time.perf_counter() - started,
-                          run_dir.read_run()["fingerprint"])
+    summary = runner.results(plan, run_dir.load_samples(), time.perf_counter() - started,
+                             run_dir.read_run()["fingerprint"])
+    return {**summary, "concurrency": plan.concurrency, "throughput": progress.throughput()}
 
 
 def _finish(summary: dict[str, Any], run_dir: runner.RunDir, json_output: bool) -> None:

@@ -34,7 +34,7 @@ class EvalPlan:
     problems: ProblemSet
     n: int
     seed: int
-    concurrency: int
+    concurrency: int | None  # None: chosen from the servers once they run (fitting_concurrency)
     stream: bool = True
     inputs: dict[str, Any] = field(default_factory=dict)  # what was asked for, so --resume DIR alone continues it
 
@@ -136,8 +136,9 @@ async def run_sample(plan: EvalPlan, clients: dict[Model, EngineClient], problem
 async def run_samples(plan: EvalPlan, run_dir: RunDir, pending: list[tuple[Problem, int]],
                       on_done: Callable[[dict[str, Any]], None]) -> None:
     """The pending samples, `concurrency` at a time, over one connection pool per model."""
-    clients = open_clients(plan.profile, plan.servers, max_connections=max(64, plan.concurrency * 4))
-    gate = asyncio.Semaphore(plan.concurrency)
+    in_flight = plan.concurrency or UNSIZED_CONCURRENCY
+    clients = open_clients(plan.profile, plan.servers, max_connections=max(64, in_flight * 4))
+    gate = asyncio.Semaphore(in_flight)
 
     async def one(problem: Problem, index: int) -> None:
         async with gate:
@@ -157,6 +158,31 @@ async def describe_servers(plan: EvalPlan) -> dict[str, Any]:
         return await served_fingerprint(clients)
     finally:
         await close_clients(clients)
+
+
+MOST_IN_FLIGHT = 256  # an eval's default concurrency never goes past this
+UNSIZED_CONCURRENCY = 8  # ... and is this where a server does not report its KV cache size
+
+
+async def fitting_concurrency(plan: EvalPlan) -> tuple[int, str]:
+    """The default concurrency: as many samples as every model's KV cache holds at the full token
+    budget (sampling.max_tokens each, summed over its replicas), so that no sample is preempted; and
+    how it was chosen, to say. Most traces end earlier, so this errs on the side of no preemption."""
+    clients = open_clients(plan.profile, plan.servers)
+    try:
+        sizes = {role: await client.kv_cache_tokens() for role, client in clients.items()}
+    finally:
+        await close_clients(clients)
+    budget = plan.profile.sampling.max_tokens
+    unsized = [role for role, found in sizes.items() if None in found]
+    if unsized:
+        return UNSIZED_CONCURRENCY, (f"concurrency {UNSIZED_CONCURRENCY} (not set, and the {', '.join(unsized)} server "
+                                     "does not report its KV cache size; set eval.concurrency or --concurrency)")
+    fits = {role: sum(size // budget for size in found if size is not None) for role, found in sizes.items()}
+    chosen = max(1, min(MOST_IN_FLIGHT, *fits.values()))
+    held = ", ".join(f"{role} {sum(s for s in found if s is not None)} tokens" for role, found in sizes.items())
+    return chosen, (f"concurrency {chosen} (not set: what the KV caches hold at {budget} tokens a sample, {held}; "
+                    "set eval.concurrency or --concurrency to choose)")
 
 
 # ---------------------------------------------------------------- results
