@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_QUESTION, cli
+from conftest import cli
 
-from splitcli import __version__
-from splitcli.cli.common import starting_status
+from splitcli import __version__, demo, servers
+from splitcli.cli.common import servers_in_use, starting_status
+from splitcli.errors import ServerError
+from splitcli.profiles import load_profile
 from splitcli.trace import Segment, Trace
 
 
@@ -166,19 +167,26 @@ def test_help_paragraphs_wrap_at_the_terminal_not_at_the_source_lines() -> None:
             "gpu_check}; a dry run ends nothing, so `ended` is empty there.") in lines
 
 
-def test_a_first_run_builds_the_demo_models_before_it_says_servers_start(tmp_path: Path) -> None:
-    with socket.socket() as taken:  # the small server's port is taken: nothing is launched
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = cli("run", "--set", f"small.port={port}", DEMO_QUESTION,
-                     env={"SPLITREASON_HOME": str(tmp_path / "fresh-home")})
-    lines = result.err.splitlines()
-    assert result.code == 2
-    building = lines.index("· building the tiny demo models (first use, seconds on CPU)")
-    starting = next(i for i, line in enumerate(lines) if line.startswith("· starting demo-small, demo-big"))
-    assert building < starting
-    assert result.error_line().startswith(f"error: port {port} is in use by ")
+def test_a_first_run_builds_the_demo_models_before_it_says_servers_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SPLITREASON_HOME", str(tmp_path / "fresh-home"))
+
+    def quick_build(pair: str) -> Path:  # the real build takes a minute; only its place in the output matters
+        for role in demo.SHAPES:
+            (demo.demo_root(pair) / role).mkdir(parents=True, exist_ok=True)
+            (demo.demo_root(pair) / role / "config.json").write_text("{}")
+        return demo.demo_root(pair)
+
+    def no_launch(*args: object, **kwargs: object) -> None:
+        raise ServerError("not launched in this test")
+
+    monkeypatch.setattr(demo, "build_pair", quick_build)
+    monkeypatch.setattr(servers.ServerUse, "start", no_launch)
+    with pytest.raises(ServerError), servers_in_use(load_profile("demo"), ("small", "big")):
+        pass
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["· building the tiny demo models (first use, seconds on CPU)",
+                     "· starting demo-small, demo-big (not running; stopped again afterwards unless --keep)"]
 
 
 def test_on_a_pipe_a_server_start_says_a_line_now_and_then(capsys: pytest.CaptureFixture[str]) -> None:
