@@ -189,7 +189,8 @@ def test_models_retrieve_and_unknown_paths_answer_as_openai_does(api: str) -> No
         "type": "invalid_request_error", "param": None, "code": 404}}
 
 
-@pytest.mark.parametrize("mode", ["logprob-subselect", "spec-rewrite", "specreason", "splitreason"])
+@pytest.mark.parametrize("mode", ["logprob-subselect", "spec-rewrite", "splitreason", "specreason", "glimprouter",
+                                  "speculative-thinking", "relaygen"])
 def test_a_requests_max_tokens_bounds_every_mode_beam_steps_included(pair_api: str, mode: str) -> None:
     # The beam drafts candidates side by side: each one's room is the request's max_tokens too.
     reply = _client(pair_api).completions.create(model=f"splitreason/{mode}", prompt=DEMO_QUESTION, max_tokens=12)

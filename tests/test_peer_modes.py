@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from pathlib import Path
 
 import pytest
+from conftest import cli
 
 from splitcli.modes.glimprouter import entropy
 from splitcli.modes.specreason import step_score
@@ -185,8 +188,22 @@ def test_the_big_server_dying_mid_mode_gives_one_line_and_the_partial_trace(pair
     assert trace.segments and any(s.model == "big" and s.tokens for s in trace.segments)  # what came before is kept
 
 
-def test_the_peer_modes_are_listed() -> None:
-    from conftest import cli
+@pytest.mark.parametrize("mode", list(KILLING))
+def test_each_peer_mode_runs_through_eval_and_show(tmp_path: Path, mode: str) -> None:
+    out = tmp_path / "run"
+    result = cli("eval", "--mode", mode, "--limit", "1", "--out", str(out), "--json")
+    assert result.code == 0, result.err
+    summary = result.json()
+    assert summary["mode"] == mode and summary["samples"] == 1 and summary["errored"] == 0  # type: ignore[index]
+    sample = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(json.dumps(sample["trace"]) + "\n")
+    shown, plain = cli("show", str(trace), "--json"), cli("show", str(trace), env={"NO_COLOR": "1"})
+    assert shown.code == 0 and plain.code == 0, shown.err + plain.err
+    assert shown.json()[0]["mode"] == mode  # type: ignore[index]
+    assert sample["trace"]["segments"][0]["text"][:20] in plain.out
 
+
+def test_the_peer_modes_are_listed() -> None:
     listed = cli("modes").out
     assert all(name in listed for name in ("glimprouter", "specreason", "speculative-thinking", "relaygen"))
