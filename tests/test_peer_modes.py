@@ -6,12 +6,11 @@ what is thrown away and counted, and a server that dies midway."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import Severable, cli
 
 from splitcli.modes.glimprouter import entropy
 from splitcli.modes.specreason import step_score
@@ -129,41 +128,6 @@ def test_relaygen_hands_the_rest_of_a_sentence_to_the_small_model_after_a_cue(pa
     ends = (".", "!", "?", "\n\n", THINK_END)
     assert all(s.text.endswith(ends) for s in smalls[:-1])  # a sentence, then back to the big model
     assert [s.model for s in every_space.kept_segments][:2] == ["big", "small"]
-
-
-class Severable:
-    """A TCP relay in front of a real server that can be cut mid-request: to the client, the server died."""
-
-    def __init__(self, port: int) -> None:
-        self.port, self.url = port, ""
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def __aenter__(self) -> Severable:
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, ConnectionError):
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            writer.close()
-
-        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
-            self._writers += [writer, upstream_writer]
-            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-
-        self._server = await asyncio.start_server(relay, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    def sever(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for writer in self._writers:
-            writer.transport.abort()
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.sever()
 
 
 KILLING = {"glimprouter": ["modes.glimprouter.threshold=0"], "specreason": ["modes.specreason.threshold=9"],

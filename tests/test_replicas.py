@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import cli
+from conftest import Severable, cli
 
 from splitcli import demo
 from splitcli.engine_wire import metric_totals
@@ -46,6 +46,34 @@ def test_each_session_keeps_one_replica_per_model_and_sessions_spread_over_them(
         assert all(len(used) == 1 for used in pinned), pinned  # one replica for all of a session's calls
         assert sorted(used.pop() for used in pinned) == sorted(urls * 2)  # two sessions on each
     assert len({trace.session_id for trace in traces}) == 4
+
+
+def test_a_replica_dying_under_a_session_fails_it_and_later_sessions_take_the_live_one() -> None:
+    question = demo.QUESTIONS[0]
+
+    async def go() -> tuple[Trace, Trace, str]:
+        async with Severable(8101) as relay:  # replica A: a relay to demo-small that we cut; B: the server itself
+            profile = load_profile("demo", [f"small.endpoints=[{relay.url},http://localhost:8101]",
+                                            "big.endpoints=[http://127.0.0.1:8102]", "small.served_name=demo-small",
+                                            "big.served_name=demo-big", "big.speculative=null"])
+            clients = open_clients(profile, {"small": "small", "big": "big"})
+
+            def cut_when_small_writes(trace: Trace) -> None:
+                trace.subscribe(lambda event, segment: relay.sever() if segment.model == "small" and segment.tokens else None)
+
+            try:
+                first = await run_question(profile, question.question, "random-switch", clients=clients,
+                                           watch=cut_when_small_writes)
+                second = await run_question(profile, question.question, "random-switch", clients=clients)
+            finally:
+                await close_clients(clients)
+            return first, second, relay.url
+
+    first, second, relay_url = asyncio.run(go())
+    assert first.error is not None and first.error.startswith(f"small model demo-small at {relay_url} failed")
+    assert {call.url for call in first.calls if call.model == "small"} == {relay_url}  # no silent switch
+    assert second.error is None and second.answer == question.answer
+    assert {call.url for call in second.calls if call.model == "small"} == {"http://localhost:8101"}
 
 
 TWO = ["small.replicas=2", "big.replicas=2", "big.speculative=null"]
