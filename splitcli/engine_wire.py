@@ -88,9 +88,9 @@ def error_message(response: httpx.Response) -> str:
     try:
         data = response.json()
         message = data.get("error", {}).get("message") if isinstance(data.get("error"), dict) else data.get("message")
-        return str(message or data)[:300]
+        return " ".join(str(message or data).split())[:300]  # pydantic's list of errors spans lines
     except ValueError:
-        return f"HTTP {response.status_code}: {response.text[:200]}"
+        return " ".join(f"HTTP {response.status_code}: {response.text[:200]}".split())
 
 
 def failure_kind(exc: Exception) -> EngineErrorKind:

@@ -116,6 +116,8 @@ def build_env(spec: ModelSpec, marker: str) -> dict[str, str]:
     """A server's environment: ours, the spec's additions, its GPUs and its launch marker."""
     env = dict(os.environ)
     env.setdefault("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", str(SERVER_KEEPALIVE_S))
+    # vLLM refuses more than 4 stop strings by default; RelayGen stops the big model on ~30 cues.
+    env.setdefault("VLLM_MAX_STOP_STRINGS", "64")
     env.update(spec.env)
     if spec.gpus:
         # PCI order makes CUDA's indices the ones nvidia-smi and NVML show.

@@ -11,7 +11,9 @@ which keeps it from handing back at once); the cue itself is the big model's, an
 goes on right after it, stopping at ".", "!", "?" or "\\n\\n". They alternate until either writes
 `</think>` (or the budget ends the thinking: `</think>` is then written for them), and the small model
 writes the answer. The default cues are the authors' list for the Qwen3 pair (`cue_set: r1` takes
-theirs for R1-Distill). Each relay is kept in `extra["relays"]`.
+theirs for R1-Distill). Each relay is kept in `extra["relays"]`. The cues are stop strings: vLLM
+takes at most 4 unless `VLLM_MAX_STOP_STRINGS` is raised, which splitreason does (64) for the servers
+it launches; for servers someone else runs, set it there.
 """
 
 from __future__ import annotations
