@@ -104,12 +104,14 @@ def test_speculative_thinking_hands_over_only_at_a_cue_after_a_paragraph(pair: s
     assert every_break.stats()["tokens"]["big"] == sum(t["tokens"] for t in takeovers)
     assert len(_dropped(every_break)) == len(takeovers)  # each takeover replaced the small model's probe
 
-    checking = _run(pair, mode, f"modes.{mode}.probe_tokens=4", f"modes.{mode}.verify=[' ']",
-                    f"modes.{mode}.verify_tokens=6")
-    assert all(4 < t["tokens"] <= 10 for t in checking.extra["takeovers"][:-1])  # 4, then 6 more on a verify cue
+    # Every word a paragraph (trigger " "), so that the demo text has breaks enough for what follows.
+    checking = _run(pair, mode, f"modes.{mode}.trigger=' '", f"modes.{mode}.probe_tokens=4",
+                    f"modes.{mode}.verify=[' ']", f"modes.{mode}.verify_tokens=6")
+    verified = [t for t in checking.extra["takeovers"] if t["verified"]]
+    assert verified and all(t["tokens"] <= 4 + 6 * t["verified"] for t in checking.extra["takeovers"])
 
-    recapping = _run(pair, mode, f"modes.{mode}.probe_tokens=4", f"modes.{mode}.negative=[' ']",
-                     f"modes.{mode}.recap_after=1", f"modes.{mode}.recap_tokens=5")
+    recapping = _run(pair, mode, f"modes.{mode}.trigger=' '", f"modes.{mode}.probe_tokens=4",
+                     f"modes.{mode}.negative=[' ']", f"modes.{mode}.recap_after=1", f"modes.{mode}.recap_tokens=5")
     recaps = [t for t in recapping.extra["takeovers"] if t["why"] == "recap"]
     assert recaps and recaps[0]["tokens"] <= 5
     assert "Let me check whether there are some wrong steps:" in recapping.text

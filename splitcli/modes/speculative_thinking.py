@@ -94,6 +94,7 @@ class SpeculativeThinking(Mode[SpeculativeThinkingOptions]):
             if any(word in kept.lower() for word in options.verify) and options.verify_tokens and session.room() > 0:
                 _, more = await session.write("big", min(options.verify_tokens, session.room()), extend=True)
                 takeovers[-1]["tokens"] += len(more.token_ids)
+                takeovers[-1]["verified"] = True
                 if more.ended_with_eos:
                     return
 
@@ -115,5 +116,5 @@ class SpeculativeThinking(Mode[SpeculativeThinkingOptions]):
         session.discard(dropped_segment, dropped)
         await session.keep_step("big" if take_big else "small", kept_segment, kept)
         takeovers.append({"why": "cue", "model": "big" if take_big else "small", "small_sentiment": small_mood,
-                          "big_sentiment": big_mood, "tokens": len(kept.token_ids)})
+                          "big_sentiment": big_mood, "tokens": len(kept.token_ids), "verified": False})
         return kept.text, kept.ended_with_eos
