@@ -106,7 +106,8 @@ def _requests(url: str) -> float:
 
 @pytest.mark.usefixtures("second_replicas")
 def test_the_servers_own_counts_show_each_session_on_one_replica_per_model() -> None:
-    profile = load_profile("demo", TWO)
+    # The big model writes every other chunk or so: each session calls both models.
+    profile = load_profile("demo", [*TWO, "modes.random-switch.ratio=1", "modes.random-switch.chunk=4"])
     urls = [*profile.small.urls, *profile.big.urls]
     assert urls == ["http://127.0.0.1:8101", "http://127.0.0.1:9101", "http://127.0.0.1:8102", "http://127.0.0.1:9102"]
 
