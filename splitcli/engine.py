@@ -149,7 +149,13 @@ class EngineClient(ModelConnection):
             return None, str(self._info.get("continuations_why", "the server has no probe route"))
         body = {"prompt": prompt, "first": first, "max_tokens": max_tokens, "marker": marker,
                 "skip_special_tokens": self.skip_special_tokens}
-        response, call, url = await self._send(CONTINUATIONS_PATH, body, "probe")
+        url, started = self._url(), self._clock()
+        try:
+            response, call, url = await self._send(CONTINUATIONS_PATH, body, "probe", url)
+        except asyncio.CancelledError:  # no longer needed (the cut is known): the server aborts it
+            self._record(Call(self.role, "probe", started, self._clock(), prompt_tokens=len(prompt), cancelled=True,
+                              path="route", url=url))
+            raise
         call.path, call.prompt_tokens = "route", len(prompt)
         if response.status_code != 200:  # same answers over the OpenAI API, in more time
             why = self._no_route("continuations", url, response, "probe", "probing over the OpenAI API instead")

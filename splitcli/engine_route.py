@@ -11,12 +11,15 @@ loaded by vLLM's API server process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from collections.abc import Coroutine
 from typing import Any
 
 from splitcli.engine_route_continuations import continuations
 from splitcli.engine_route_live import live, live_unsupported, open_while_connected, stream_append
-from splitcli.engine_route_shared import send_json
+from splitcli.engine_route_shared import disconnected, send_json
 
 PATH = "/splitreason/v1/continuations"
 LIVE_PATH = "/splitreason/v1/live"
@@ -52,10 +55,34 @@ class ContinuationsRoute:
                     return
                 await open_while_connected(engine, request, receive, send)
                 return
-            status, answer = 200, await (continuations(engine, request) if path == PATH else live(engine, request))
+            if path == PATH:
+                answer = await _while_connected(continuations(engine, request), receive)
+                if answer is None:
+                    return  # the client went away (a probe past the cut): its engine requests were aborted
+                status = 200
+            else:
+                status, answer = 200, await live(engine, request)
         except (KeyError, TypeError, ValueError) as exc:
             name = "continuations" if path == PATH else "live"
             status, answer = 400, {"error": {"message": f"bad {name} request: {exc}", "code": 400}}
         except Exception as exc:  # the engine's own errors: reported, never a crashed route
             status, answer = 500, {"error": {"message": f"{type(exc).__name__}: {exc}", "code": 500}}
         await send_json(send, status, answer)
+
+
+async def _while_connected(work: Coroutine[Any, Any, dict[str, Any]], receive: Any) -> dict[str, Any] | None:
+    """`work`'s answer; None when the client went away first: then `work` is cancelled, and vLLM
+    aborts the requests it was making (a cancelled generate aborts its request), instead of computing
+    continuations nobody reads."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected(receive))
+    try:
+        await asyncio.wait([task, watcher], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    finally:
+        watcher.cancel()

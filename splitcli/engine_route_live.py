@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from splitcli.engine_route_shared import CONTEXT_TOKENS, model_config, model_defaults, send_json, text_after
+from splitcli.engine_route_shared import CONTEXT_TOKENS, disconnected, model_config, model_defaults, send_json, text_after
 
 MAX_LIVE = 8  # per server: the oldest is ended when a client leaves more open
 LIVE_IDLE_S = 120.0  # ... and any left unused this long (a client that died holds KV blocks for nothing)
@@ -133,16 +133,10 @@ async def live(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
     return {"id": handle.id, "cached_tokens": cached}
 
 
-async def _disconnected(receive: Any) -> None:
-    """Returns when the client has closed the connection (the request's body is already read)."""
-    while (await receive()).get("type") != "http.disconnect":
-        pass
-
-
 async def open_while_connected(engine: Any, request: dict[str, Any], receive: Any, send: Any) -> None:
     """`open`, ended again when the client went away meanwhile (a cancelled warm-up): nobody
     would ever append to it or close it."""
-    watcher = asyncio.ensure_future(_disconnected(receive))
+    watcher = asyncio.ensure_future(disconnected(receive))
     try:
         answer = await live(engine, request)
         if watcher.done():
@@ -186,7 +180,7 @@ async def stream_append(engine: Any, request: dict[str, Any], receive: Any, send
     before = (handle.prompt + tokens)[-CONTEXT_TOKENS:]  # the last tokens whose text is out
     pending: list[int] = []  # written, text not out yet (a character may still be incomplete)
 
-    watcher = asyncio.ensure_future(_disconnected(receive))  # a cancelled draft: end the live request
+    watcher = asyncio.ensure_future(disconnected(receive))  # a cancelled draft: end the live request
     try:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/x-ndjson")]})

@@ -12,6 +12,12 @@ from typing import Any
 CONTEXT_TOKENS = 6  # prompt tokens decoded before a probe's own, so that its text reads as in context
 
 
+async def disconnected(receive: Any) -> None:
+    """Returns when the client has closed the connection (the request's body is already read)."""
+    while (await receive()).get("type") != "http.disconnect":
+        pass
+
+
 async def send_json(send: Any, status: int, answer: dict[str, Any]) -> None:
     """Answer the request with one JSON body."""
     payload = json.dumps(answer).encode()

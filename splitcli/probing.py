@@ -108,6 +108,40 @@ class CutFinder:
 _WAIT = object()
 
 
+class ProbeBudget:
+    """How much probing a streamed big segment may cost: `share` of the time the big model streams.
+
+    Credit accrues at `share` seconds per second of streaming; each probe request spends the seconds
+    it took. A probe while the stream goes on is sent only when the credit covers it, the probes still
+    out, and the probe that will end the segment (all costed at the last request's seconds); that last
+    probe always goes, since the cut needs it, even into debt, which later segments pay back. So the
+    probes' summed time stays near `share` of the big model's, whatever a request costs here (context
+    length, load), and it only decides when probes go: the cut is a property of the text. Share 0:
+    no budget, every bucket is probed."""
+
+    def __init__(self, share: float, most_in_flight: int = 2) -> None:
+        self.share = share
+        self.most_in_flight = most_in_flight
+        self.credit = 0.0
+        self.cost: float | None = None  # seconds of the last probe request, once one has answered
+
+    def accrue(self, streamed_seconds: float) -> None:
+        self.credit += self.share * streamed_seconds
+        if self.cost is not None:  # no hoard from cheap stretches that a burst would spend later, but
+            # room for the most `allows` may ask: the requests out, this one and the segment's last
+            self.credit = min(self.credit, self.cost * (self.most_in_flight + 1))
+
+    def spend(self, request_seconds: float) -> None:
+        self.credit -= request_seconds
+        self.cost = request_seconds
+
+    def allows(self, in_flight: int) -> bool:
+        """May one more probe go out mid-stream, with `in_flight` requests out already?"""
+        if self.share <= 0 or self.cost is None:
+            return True  # no budget, or nothing known yet of what a request costs: probe each bucket
+        return self.credit >= self.cost * (in_flight + 2)
+
+
 class Prober:
     """Asks the small model whether it would close the tag after each prefix of big-model text not
     yet in its context: through the small server's continuations route when it has one (`use_route`:

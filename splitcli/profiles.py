@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 
 from splitcli.errors import ProfileError
+from splitcli.gathering import GatherConfig
 from splitcli.profile_files import apply_override, find_profile, load_raw
 from splitcli.profile_sections import ApiSection, EvalSection, GendataSection, StrictModel
 
@@ -217,6 +218,8 @@ class Profile(StrictModel):
     annotator: AnnotatorSpec = Field(default_factory=lambda: AnnotatorSpec(use="big"))
     gendata: GendataSection = Field(default_factory=GendataSection)
     api: ApiSection = Field(default_factory=ApiSection)
+    gather: GatherConfig = Field(default_factory=GatherConfig,
+                                 description="under load, big segments of concurrent sessions start in waves")
     replica_pairs: bool = Field(False, description="small and big replicas come in pairs (same node, same index): "
                                                    "a Session uses the big replica of its small one's index")
 

@@ -15,6 +15,7 @@ from typing import Any
 from splitcli.contexts import Contexts
 from splitcli.drafting import Drafter
 from splitcli.engine import Completion, EngineClient, Prompt
+from splitcli.engine_connection import check_replicas
 from splitcli.handoffs import LiveDraft, LiveRequests, Warmer
 from splitcli.probing import CloseProbe, Prober
 from splitcli.profiles import Profile, PromptConfig, Sampling, ServerKey
@@ -37,8 +38,10 @@ class Session:
         for role in roles:
             # Replica pairs: the big replica with the small one's index (co-located: same node, same index).
             pair = self.clients["small"].replica if profile.replica_pairs and role == "big" and "small" in self.clients else None
+            # The big model's segments of sessions that hand off start in waves under load (gathering.py).
             self.clients[role] = clients[role].bound(clock=trace.now, record=trace.calls.append,
-                                                     session=trace.session_id, replica=pair)
+                                                     session=trace.session_id, replica=pair,
+                                                     gathers=role == "big" and "small" in roles)
         self.contexts = Contexts(roles, self.clients, self.tags)
         self._prefix: dict[Model, tuple[list[int], str]] = {}  # what a role's next segment starts with
         self._background: set[asyncio.Task[Any]] = set()
@@ -88,7 +91,12 @@ class Session:
 
     # ------------------------------------------------------------ set-up and budget
     async def prepare(self, with_hint: bool) -> None:
-        """Build each model's prompt and find out whether handoffs can pass token ids."""
+        """Check that each model's replica answers (once per command: a dead one is swapped for a live
+        one before anything is sent), build each model's prompt and find out whether handoffs can pass
+        token ids."""
+        paired = self.profile.replica_pairs and set(self.roles) == {"small", "big"}
+        groups = [[self.clients["small"], self.clients["big"]]] if paired else [[self.clients[role]] for role in self.roles]
+        await asyncio.gather(*(check_replicas(group) for group in groups))  # a pair moves together
         served = await asyncio.gather(*(self.clients[role].describe() for role in self.roles))
         self.trace.served = {role: {**info, "revision": self.profile.spec(self.servers[role]).revision}
                              for role, info in zip(self.roles, served, strict=True)}
@@ -147,6 +155,7 @@ class Session:
         if extend and last is not None and last.model == role:
             return last
         segment = self.trace.open_segment(role)
+        segment.waited = await self.clients[role].gather()
         if role in self._prefix:
             ids, text = self._prefix.pop(role)
             segment.token_ids += ids

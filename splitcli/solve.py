@@ -26,7 +26,7 @@ def _client(profile: Profile, role: Model, key: ServerKey, max_connections: int)
     # A server someone else runs serves the model under its own name: the HF id will do too.
     others = (spec.model,) if not spec.launched else ()
     return EngineClient(role, spec.name, spec.urls, serve_hint(profile, key), max_connections=max_connections,
-                        other_names=others)
+                        other_names=others, gather=profile.gather if key == "big" else None)
 
 
 def open_clients(profile: Profile, servers: dict[Model, ServerKey], max_connections: int = 64) -> dict[Model, EngineClient]:

@@ -77,6 +77,8 @@ class Segment:
     kept: bool = True
     # Which candidate of a beam wrote it (logprob-subselect), else None.
     branch: int | None = None
+    # Seconds it waited to start with other sessions' big segments (gathering.py), before any request.
+    waited: float = 0.0
 
     @property
     def tokens(self) -> int:
@@ -183,7 +185,9 @@ class Trace:
             {
                 "to": seg.model,
                 # Only measured when streamed: a whole completion's time is not a time to first token.
-                "latency_s": round((seg.first_token - (prev.end or seg.start)), 4) if seg.first_token is not None else None,
+                # A wait for the big model's wave (gathering) is not the handoff's: it is `waited_seconds`.
+                "latency_s": round(seg.first_token - (prev.end or seg.start) - seg.waited, 4)
+                if seg.first_token is not None else None,
                 "prompt_tokens": seg.prompt_tokens,
                 "uncached_prompt_tokens": seg.prompt_tokens - seg.cached_tokens,
             }
@@ -200,6 +204,7 @@ class Trace:
             "dropped_tokens": {m: spent[m] - tokens[m] for m in MODELS},
             "offload_share": round(tokens["big"] / generated, 4) if generated else 0.0,
             "handoffs": len(handoffs),
+            "waited_seconds": round(sum(s.waited for s in self.segments), 4),  # for waves of big segments
             "seconds": {m: round(v, 4) for m, v in seconds.items()},
             "generate_seconds": {m: round(v, 4) for m, v in gen_seconds.items()},
             "tokens_per_second": {m: round(spent[m] / gen_seconds[m], 1) if gen_seconds[m] else None for m in MODELS},

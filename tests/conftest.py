@@ -10,13 +10,19 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from splitcli.profiles import Profile
+    from splitcli.trace import Trace
 
 STATE = Path(os.environ.get("SPLITREASON_TEST_HOME", "/tmp/splitreason-tests"))
 DEMO_QUESTION = "What is 12 * 3 + 7?"
@@ -111,6 +117,24 @@ def pair(request: pytest.FixtureRequest, pair_servers: PairServers) -> str:
     return str(request.param)
 
 
+def solve_together(profile: Profile, mode: str, questions: list[str]) -> list[Trace]:
+    """The questions as concurrent Sessions over one pool per model, in this process, as eval runs
+    samples (a tiny model's decode step costs about the same on two cores for four sequences as for one)."""
+    # Imported here: splitcli reads SPLITREASON_HOME, which pytest_configure sets after this file loads.
+    from splitcli.modes import get_mode
+    from splitcli.solve import close_clients, open_clients, run_question
+
+    async def together() -> list[Trace]:
+        clients = open_clients(profile, get_mode(mode).server_keys())
+        try:
+            return list(await asyncio.gather(*(run_question(profile, question, mode, clients=clients)
+                                               for question in questions)))
+        finally:
+            await close_clients(clients)
+
+    return asyncio.run(together())
+
+
 def pair_cases(values: object) -> list[object]:
     """(pair, value) for each pair and each of `values(pair)`, named like `demo-qwen3-43`."""
     return [pytest.param(name, value, id=f"{name}-{getattr(value, 'answer', value)}")
@@ -147,17 +171,21 @@ def cli_tty(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
 
 
 class Severable:
-    """A TCP relay in front of a real server that can be cut mid-request: to the client, the server died."""
+    """A TCP relay in front of a real server that can be cut mid-request: to the client, the server
+    died. It keeps what the clients sent, as the server received it (`requests`)."""
 
     def __init__(self, port: int) -> None:
         self.port, self.url = port, ""
         self._server: asyncio.Server | None = None
         self._writers: list[asyncio.StreamWriter] = []
+        self._sent: list[bytearray] = []  # per connection, client to server
 
     async def __aenter__(self) -> Severable:
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tap: bytearray | None) -> None:
             with contextlib.suppress(OSError, ConnectionError):
                 while data := await reader.read(65536):
+                    if tap is not None:
+                        tap += data
                     writer.write(data)
                     await writer.drain()
             writer.close()
@@ -165,11 +193,28 @@ class Severable:
         async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.port)
             self._writers += [writer, upstream_writer]
-            await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+            self._sent.append(tap := bytearray())
+            await asyncio.gather(pipe(reader, upstream_writer, tap), pipe(upstream_reader, writer, None))
 
+        self._relay = relay
         self._server = await asyncio.start_server(relay, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
         return self
+
+    async def restore(self) -> None:
+        """After `sever`: listen again at the same URL (the server came back)."""
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", int(self.url.rsplit(":", 1)[1]))
+
+    def requests(self) -> list[tuple[str, dict[str, str]]]:
+        """Each HTTP request the server received through this relay: its request line and headers
+        (names in lower case)."""
+        found = []
+        for sent in self._sent:
+            for head in re.finditer(rb"(?:GET|POST) \S+ HTTP/1\.1\r\n.*?\r\n\r\n", bytes(sent), re.DOTALL):
+                line, *fields = head.group().decode("latin-1").strip().split("\r\n")
+                found.append((line, {name.strip().lower(): value.strip() for name, value in
+                                     (field.split(":", 1) for field in fields)}))
+        return found
 
     def sever(self) -> None:
         if self._server is not None:

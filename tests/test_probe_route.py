@@ -226,3 +226,39 @@ def test_a_probe_request_skips_the_prompt_scores_it_will_not_read() -> None:
     assert len(tail) == 10 and not tail[0]
     assert set(tail[1]) == {180, 181} and tail[1][181].rank == 1  # row 90: what follows prompt[:91]
     assert len(scores({TAIL_KEY: [90, 50]})) == 100  # not the whole prompt's rows: left as vLLM makes them
+
+
+
+def test_a_probe_request_cancelled_by_the_client_stops_in_the_server() -> None:
+    # A probe past the cut is cancelled by the stream mode: the server must stop computing it. Asked
+    # a second time, the sequence is in the prefix cache, where the first pass cannot score it, so
+    # each of its 600 prefixes is decoded in full to the end of the context: half a minute of work
+    # for the demo server, with 128 requests running, if nothing stops it.
+    prompt = [10 + (index * 37) % 480 for index in range(600)]
+
+    async def go() -> tuple[float, float]:
+        async with httpx.AsyncClient(timeout=120) as http:
+            async def running() -> float:
+                text = (await http.get(f"{SMALL}/metrics")).text
+                return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith("vllm:num_requests_running"))
+
+            request = {"prompt": prompt, "first": 1, "max_tokens": 1, "marker": "<bigmodel>"}
+            assert (await http.post(f"{SMALL}{PATH}", json=request)).status_code == 200  # now cached
+            probe = asyncio.ensure_future(http.post(f"{SMALL}{PATH}", json={**request, "max_tokens": 1024}))
+            clock = asyncio.get_running_loop().time
+            deadline = clock() + 60
+            # Many requests at once: the second pass (one request per prefix) is under way, so the
+            # count cannot fall to 0 between the passes below.
+            while (busy := await running()) < 16 and not probe.done() and clock() < deadline:
+                await asyncio.sleep(0.05)
+            assert not probe.done(), probe.result().text[:300]
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
+            deadline = clock() + 3
+            while (left := await running()) and clock() < deadline:
+                await asyncio.sleep(0.1)
+            return busy, left
+
+    busy, left = asyncio.run(go())
+    assert busy >= 16 and left == 0  # the requests it was making were aborted, not run to their end

@@ -3,8 +3,10 @@ through the real engine in test_correctness and test_probe_route)."""
 
 from __future__ import annotations
 
+import pytest
+
 from splitcli.contexts import Contexts
-from splitcli.probing import CloseProbe, Cut, CutFinder
+from splitcli.probing import CloseProbe, Cut, CutFinder, ProbeBudget
 from splitcli.profiles import PromptConfig
 
 NO = CloseProbe(False)
@@ -86,3 +88,31 @@ def test_with_another_tokenizer_only_text_crosses() -> None:
     assert contexts.piece_for("big", [1, 2], f"a{tags.open_tag}") == (None, "a")
     assert contexts.piece_for("small", [1, 2], "a") == (None, "a")
     assert _contexts(shared=True).piece_for("small", [1, 2], "a") == ([1, 2], "a")
+
+
+def test_the_probe_budget_lets_probes_take_their_share_of_the_streaming_time() -> None:
+    budget = ProbeBudget(0.25)
+    assert budget.allows(0)  # nothing known yet of what a request costs: each bucket is probed
+    budget.accrue(0.1)
+    budget.spend(0.05)  # a request costs 50 ms; credit -0.025 s
+    assert not budget.allows(0)
+    budget.accrue(0.5)  # +0.125 s: 0.1 s of credit covers this probe and the segment's last one
+    assert budget.allows(0) and not budget.allows(1)  # ... but not with one more still out
+    budget.spend(0.2)  # the last probe of a segment always goes, even into debt ...
+    assert budget.credit < 0 and not budget.allows(0)  # ... which the next segments pay back
+    budget.accrue(100.0)
+    assert budget.credit == pytest.approx(0.6)  # credit is kept for three requests at most: no burst after a long stretch
+
+
+def test_the_credit_kept_covers_the_most_probes_a_stream_may_have_out() -> None:
+    budget = ProbeBudget(0.25, most_in_flight=4)
+    budget.spend(0.1)
+    budget.accrue(100.0)
+    assert budget.allows(3)  # 3 out, this one and the segment's last: 0.5 s, kept for five requests
+    assert ProbeBudget(0.25, most_in_flight=4).allows(0)  # nothing known yet of a request: allowed
+
+
+def test_a_zero_share_probes_every_bucket() -> None:
+    budget = ProbeBudget(0.0)
+    budget.spend(10.0)
+    assert budget.allows(5)

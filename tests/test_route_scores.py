@@ -162,3 +162,42 @@ def test_live_requests_are_refused_on_a_vllm_that_keeps_the_first_max_tokens() -
                                             "(each handoff would write one token); live handoffs need a later vLLM")
     assert _live_unsupported(None) == "this vLLM has no streaming input"
     assert _live_unsupported(Scheduler._update_request_as_session) is None  # the vLLM the tests run: it does
+
+
+def test_a_probe_whose_client_goes_away_is_cancelled_in_the_server_and_gets_no_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The stream mode cancels probes still out once the cut is known; the route must then stop
+    # computing (a cancelled vLLM generate aborts its request). A scripted engine call stands in
+    # for the continuations, so that what is checked is the route's own handling of the disconnect.
+    from splitcli import engine_route
+
+    ended: list[str] = []
+
+    async def never_done(engine: Any, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
+        return {}
+
+    monkeypatch.setattr(engine_route, "continuations", never_done)
+    messages = [{"type": "http.request", "body": b'{"prompt": [1, 2]}', "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(0.05)  # the client closes the connection a moment later
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def no_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("the route's own path must not reach vLLM's app")
+
+    scope = {"type": "http", "path": engine_route.PATH, "method": "POST",
+             "app": SimpleNamespace(state=SimpleNamespace(engine_client=None))}
+    asyncio.run(asyncio.wait_for(engine_route.ContinuationsRoute(no_app)(scope, receive, send), 10))
+    assert ended == ["cancelled"] and sent == []

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from pydantic import Field, ValidationInfo, field_validator
 
 from splitcli.handoffs import LiveDraft
 from splitcli.modes import ProbeOptions, register
 from splitcli.modes.splitreason import TaggedMode
-from splitcli.probing import CloseProbe, Cut, CutFinder
+from splitcli.probing import CloseProbe, Cut, CutFinder, ProbeBudget
 from splitcli.session import Session
 from splitcli.trace import Segment
+
+T = TypeVar("T")
 
 
 class StreamOptions(ProbeOptions):
@@ -31,6 +35,9 @@ class StreamOptions(ProbeOptions):
     probes_in_flight: int = Field(2, ge=1, description="most probe requests out at once; tokens that arrive "
                                                        "meanwhile join the next one (at long context a request "
                                                        "costs about the same for 8 prefixes or 64)")
+    probe_share: float = Field(0.25, ge=0, le=1, description="probes may take this share of the big model's streaming "
+                                                            "time: buckets grow where a probe request costs more "
+                                                            "(long context, load); 0: probe every bucket")
     # Off by default: measured, warm-ups alone do not pay. On GPU a warm handoff is as slow as a cold
     # one (the resent context costs, not the prefill); on CPU, every 8 tokens, they made the demo pair
     # 1.7x slower (benchmarks/results/modes.json).
@@ -56,6 +63,8 @@ class SplitReasonStream(TaggedMode[StreamOptions]):
     def configure(self, session: Session) -> None:
         session.use(warm_every=self.options.warm_every, live_handoff=self.options.live_handoff,
                     probe_route=self.options.probe_route)
+        # Over the whole question: debt carries over from segment to segment.
+        self._budget = ProbeBudget(self.options.probe_share, self.options.probes_in_flight)
 
     async def _big_segment(self, session: Session) -> bool:
         segment = await session.open("big")
@@ -89,10 +98,24 @@ class SplitReasonStream(TaggedMode[StreamOptions]):
         """Probe each bucket as it arrives (at most `probes_in_flight` requests out; what arrives
         meanwhile joins the next), without pausing the stream; read answers in prefix order, and stop
         watching as soon as the earliest closing prefix is known."""
-        finder = CutFinder()
         in_flight: deque[asyncio.Task[list[CloseProbe]]] = deque()
+        try:
+            return await self._probe_while_streaming(session, live, segment, in_flight)
+        finally:
+            for probe in in_flight:  # past the cut (or the run failed): nobody reads them
+                probe.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _probe_while_streaming(self, session: Session, live: LiveDraft, segment: Segment,
+                                     in_flight: deque[asyncio.Task[list[CloseProbe]]]) -> Cut | None:
+        finder = CutFinder()
         probed = 0
+        clock = asyncio.get_running_loop().time
+        ticked = clock()
         while True:
+            if not live.finished:
+                self._budget.accrue(clock() - ticked)
+            ticked = clock()
             while in_flight and in_flight[0].done():
                 cut = finder.feed(in_flight.popleft().result(), live.completion.text)
                 if cut is not None:
@@ -100,10 +123,12 @@ class SplitReasonStream(TaggedMode[StreamOptions]):
                 session.settle(segment, live.completion, finder.decided)
             arrived = live.tokens
             room = len(in_flight) < self.options.probes_in_flight
-            if room and (arrived - probed >= self.options.bucket or (live.finished and arrived > probed)):
-                in_flight.append(session.in_background(
+            due = (arrived - probed >= self.options.bucket and self._budget.allows(len(in_flight))) \
+                or (live.finished and arrived > probed)  # the last probe always goes: the cut needs it
+            if room and due:
+                in_flight.append(session.in_background(self._timed(
                     session.probe_close(live.completion, probed, arrived, self.options.probe_tokens,
-                                        self.options.probe_stride)))
+                                        self.options.probe_stride))))
                 probed = arrived
                 room = len(in_flight) < self.options.probes_in_flight
             if live.finished:
@@ -118,3 +143,12 @@ class SplitReasonStream(TaggedMode[StreamOptions]):
             token = asyncio.ensure_future(live.arrived.wait())
             await asyncio.wait([token, live.task, *([in_flight[0]] if in_flight else [])], return_when=asyncio.FIRST_COMPLETED)
             token.cancel()
+
+    async def _timed(self, probe: Coroutine[Any, Any, T]) -> T:
+        """Run a probe request and charge its seconds to the budget (a cancelled one too: it ran)."""
+        clock = asyncio.get_running_loop().time
+        started = clock()
+        try:
+            return await probe
+        finally:
+            self._budget.spend(clock() - started)
