@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import DEMO_QUESTION, cli
+from conftest import DEMO_QUESTION, cli, solve_together
 
 from splitcli import demo
 from splitcli.engine import EngineClient
@@ -122,15 +122,18 @@ def _run(question: str, *args: str) -> dict[str, Any]:
     return result.json()  # type: ignore[return-value]
 
 
-@pytest.mark.parametrize("sampling", [[], ["--set", "sampling.temperature=0.9", "--set", "sampling.seed=11"]],
-                         ids=["greedy", "seeded"])
+@pytest.mark.parametrize("sampling", [[], ["sampling.temperature=0.9", "sampling.seed=11"]], ids=["greedy", "seeded"])
 def test_live_handoffs_give_the_same_traces(sampling: list[str]) -> None:
-    for item in demo.QUESTIONS:
-        plain = _run(item.question, *sampling)
-        live = _run(item.question, *sampling, "--set", "modes.splitreason-stream.live_handoff=true")
-        assert [(s["model"], s["text"], s["token_ids"]) for s in live["segments"]] == \
-            [(s["model"], s["text"], s["token_ids"]) for s in plain["segments"]], item.question
-        assert any(c["model"] == "big" and c["kind"] == "warm" for c in live["calls"])
+    questions = [item.question for item in demo.QUESTIONS]  # side by side, as eval runs samples
+    knobs = ["modes.splitreason-stream.warm_every=4", *sampling]
+    plain = solve_together(load_profile("demo", knobs), "splitreason-stream", questions)
+    live = solve_together(load_profile("demo", [*knobs, "modes.splitreason-stream.live_handoff=true"]),
+                          "splitreason-stream", questions)
+    for question, with_live, without in zip(questions, live, plain, strict=True):
+        assert with_live.error is None and without.error is None
+        assert [(s.model, s.text, s.token_ids) for s in with_live.segments] == \
+            [(s.model, s.text, s.token_ids) for s in without.segments], question
+        assert any(c.model == "big" and c.kind == "warm" for c in with_live.calls)
     asyncio.run(_no_live_left())
 
 

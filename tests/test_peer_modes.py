@@ -32,10 +32,15 @@ def _profile(pair: str, mode: str, *knobs: str) -> object:
     return load_profile(pair, [*steps, "sampling.max_tokens=220", "sampling.temperature=0", *knobs])
 
 
-def _run(pair: str, mode: str, *knobs: str) -> Trace:
-    trace = asyncio.run(run_question(_profile(pair, mode, *knobs), "What is 12 * 3 + 7?", mode))  # type: ignore[arg-type]
-    assert trace.error is None, trace.error
-    return trace
+def _runs(pair: str, mode: str, *variants: list[str]) -> list[Trace]:
+    """The question once per variant (its knobs), the runs side by side (the servers batch them)."""
+    async def together() -> list[Trace]:
+        return list(await asyncio.gather(*(run_question(_profile(pair, mode, *knobs), "What is 12 * 3 + 7?", mode)  # type: ignore[arg-type]
+                                           for knobs in variants)))
+
+    traces = asyncio.run(together())
+    assert [trace.error for trace in traces] == [None] * len(variants)
+    return traces
 
 
 def test_the_pure_rules() -> None:
@@ -52,7 +57,8 @@ def test_the_pure_rules() -> None:
 
 
 def test_glimprouter_routes_each_step_by_the_small_models_first_token_entropy(pair: str) -> None:
-    every_step_big = _run(pair, "glimprouter", "modes.glimprouter.threshold=0")
+    every_step_big, never_big = _runs(pair, "glimprouter", ["modes.glimprouter.threshold=0"],
+                                      ["modes.glimprouter.threshold=1000"])
     steps = every_step_big.extra["steps"]
     assert steps and {step["model"] for step in steps} == {"big"}
     assert every_step_big.stats()["tokens"]["small"] == 0
@@ -60,7 +66,6 @@ def test_glimprouter_routes_each_step_by_the_small_models_first_token_entropy(pa
     score_calls = [call for call in every_step_big.calls if call.kind == "score"]
     assert len(score_calls) == len(steps) and {call.model for call in score_calls} == {"small"}  # one glimpse a step
 
-    never_big = _run(pair, "glimprouter", "modes.glimprouter.threshold=1000")
     steps = never_big.extra["steps"]
     assert steps and {step["model"] for step in steps} == {"small"}
     thinking = [segment for segment in never_big.kept_segments if segment.model == "small"]
@@ -68,14 +73,14 @@ def test_glimprouter_routes_each_step_by_the_small_models_first_token_entropy(pa
 
 
 def test_specreason_keeps_the_drafts_the_judge_passes_and_rewrites_the_others(pair: str) -> None:
-    accepted = _run(pair, "specreason", "modes.specreason.threshold=0")  # every score is >= 0
+    accepted, strict = _runs(pair, "specreason", ["modes.specreason.threshold=0"],  # every score is >= 0
+                             ["modes.specreason.threshold=9"])
     steps = accepted.extra["steps"]
     assert steps and {step["model"] for step in steps} == {"small"}
     assert all(segment.kept for segment in accepted.segments)
     judged = [call for call in accepted.calls if call.kind == "score"]
     assert len(judged) == len(steps) and {call.model for call in judged} == {"big"}  # one judgement a step
 
-    strict = _run(pair, "specreason", "modes.specreason.threshold=9")
     steps = strict.extra["steps"]
     rewritten = [step for step in steps if step["score"] < 9]
     assert all(step["model"] == "big" for step in rewritten)
@@ -91,40 +96,41 @@ def _dropped(trace: Trace) -> list[Segment]:
 
 def test_speculative_thinking_hands_over_only_at_a_cue_after_a_paragraph(pair: str) -> None:
     mode = "speculative-thinking"
-    no_cue = _run(pair, mode, f"modes.{mode}.probe_tokens=8")  # the demo text has none of the default cues
+    no_cue, every_break, checking, recapping = _runs(
+        pair, mode,
+        [f"modes.{mode}.probe_tokens=8"],  # the demo text has none of the default cues
+        [f"modes.{mode}.probe_tokens=8", f"modes.{mode}.positive=[' ']"],
+        # Every word a paragraph (trigger " "), so that the demo text has breaks enough for these two.
+        [f"modes.{mode}.trigger=' '", f"modes.{mode}.probe_tokens=4", f"modes.{mode}.verify=[' ']",
+         f"modes.{mode}.verify_tokens=6"],
+        [f"modes.{mode}.trigger=' '", f"modes.{mode}.probe_tokens=4", f"modes.{mode}.negative=[' ']",
+         f"modes.{mode}.recap_after=1", f"modes.{mode}.recap_tokens=5"])
     assert no_cue.extra["takeovers"] == [] and no_cue.stats()["tokens"]["big"] == 0
     probes = _dropped(no_cue)
     assert probes and {s.model for s in probes} == {"small"} and all(s.tokens <= 8 for s in probes)
     stats = no_cue.stats()
     assert stats["spent_tokens"]["small"] == stats["tokens"]["small"] + sum(s.tokens for s in probes)
 
-    every_break = _run(pair, mode, f"modes.{mode}.probe_tokens=8", f"modes.{mode}.positive=[' ']")
     takeovers = every_break.extra["takeovers"]
     assert takeovers and all(t["model"] == "big" and t["why"] == "cue" and 0 < t["tokens"] <= 8 for t in takeovers)
     assert every_break.stats()["tokens"]["big"] == sum(t["tokens"] for t in takeovers)
     # Each probe with a cue (a space here) was replaced by a takeover; one without (e.g. "43.\n") was only dropped.
     assert len([s for s in _dropped(every_break) if " " in s.text]) == len(takeovers)
 
-    # Every word a paragraph (trigger " "), so that the demo text has breaks enough for what follows.
-    checking = _run(pair, mode, f"modes.{mode}.trigger=' '", f"modes.{mode}.probe_tokens=4",
-                    f"modes.{mode}.verify=[' ']", f"modes.{mode}.verify_tokens=6")
     verified = [t for t in checking.extra["takeovers"] if t["verified"]]
     assert verified and all(t["tokens"] <= 4 + 6 * t["verified"] for t in checking.extra["takeovers"])
 
-    recapping = _run(pair, mode, f"modes.{mode}.trigger=' '", f"modes.{mode}.probe_tokens=4",
-                     f"modes.{mode}.negative=[' ']", f"modes.{mode}.recap_after=1", f"modes.{mode}.recap_tokens=5")
     recaps = [t for t in recapping.extra["takeovers"] if t["why"] == "recap"]
     assert recaps and recaps[0]["tokens"] <= 5
     assert "Let me check whether there are some wrong steps:" in recapping.text
 
 
 def test_relaygen_hands_the_rest_of_a_sentence_to_the_small_model_after_a_cue(pair: str) -> None:
-    no_cue = _run(pair, "relaygen", "modes.relaygen.cues=[]")
+    no_cue, every_space = _runs(pair, "relaygen", ["modes.relaygen.cues=[]"], ["modes.relaygen.cues=[' ']"])
     assert no_cue.extra["relays"] == []
     kept = no_cue.kept_segments
     assert [s.model for s in kept] == ["big", "small"] and kept[0].text.endswith(THINK_END)  # small: the answer
 
-    every_space = _run(pair, "relaygen", "modes.relaygen.cues=[' ']")
     relays = every_space.extra["relays"]
     assert relays and all(relay["cue"] == " " and relay["big_tokens"] >= 5 for relay in relays)  # vLLM's min_tokens
     smalls = [s for s in every_space.kept_segments if s.model == "small"]

@@ -135,7 +135,7 @@ def test_set_that_breaks_a_rule_names_the_set_argument() -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--set", "nonexist=1"], "error: --set nonexist=1: nonexist: unknown key (remove it or check its spelling; "
                               "allowed here: name, description, small, big, mode, modes, sampling, prompt, eval, "
-                              "annotator, gendata, api, replica_pairs)"),
+                              "annotator, gendata, api, gather, replica_pairs)"),
     (["--set", "smal.port=1"], "error: --set smal.port=1: smal: unknown key (did you mean 'small'?)"),
     (["--set", "modes.splitreason.chunk=0"],
      "error: --set modes.splitreason.chunk=0: modes.splitreason.chunk: Input should be greater than or equal to 1 "

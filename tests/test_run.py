@@ -64,7 +64,7 @@ def test_json_schema() -> None:
                                 "probe_route": True}
     segment = trace["segments"][0]  # type: ignore[index]
     assert set(segment) == {"model", "text", "token_ids", "start", "end", "first_token", "prompt_tokens",
-                            "cached_tokens", "finish_reason", "dropped_tokens", "kept", "branch"}
+                            "cached_tokens", "finish_reason", "dropped_tokens", "kept", "branch", "waited"}
     assert all(isinstance(token, int) for token in segment["token_ids"])
     assert {call["kind"] for call in trace["calls"]} >= {"tokenize", "generate", "probe"}  # type: ignore[index]
     assert set(trace["stats"]) >= {"tokens", "offload_share", "handoffs", "seconds", "wall_seconds",  # type: ignore[index]
