@@ -11,6 +11,8 @@ splitcli/assets/qwen3); `r1`, the R1-Distill-Qwen 1.5B and 7B shapes with the de
     python benchmarks/gpu_bench.py WORK handoff   # time to the other model's first token, cold and warm
     python benchmarks/gpu_bench.py WORK e2e [4096 16384] [MODE,...]  # forced ~5%-offload traces, seven rows, vs ideal
     python benchmarks/gpu_bench.py WORK throughput [1 8 32 64] [MODE,...]  # C samples in flight, as eval runs them
+    python benchmarks/gpu_bench.py WORK eval-throughput [64] [MODE,...]  # the same through `splitreason eval`
+    (MODE@KEY=VALUE: a mode with profile knobs of its own, e.g. bench-splitreason-stream@gather.share=0)
     python benchmarks/gpu_bench.py WORK e2e-spec [2048]    # spec-decoding (starts its server; slow: see below)
     python benchmarks/gpu_bench.py WORK session [small big]  # handoff to a live request (vLLM streaming input) vs a new one
     python benchmarks/gpu_bench.py WORK lifecycle # a foreign process, kill-gpus, stop
@@ -53,7 +55,9 @@ SHAPES = {  # hidden, layers, heads, kv heads, intermediate, vocab (None: the to
 CONTEXTS = (1024, 4096, 8192, 16384)
 CHUNK = 64
 APPENDED = (1, 8, CHUNK)  # session: tokens appended to a live request
-FORCED_EVERY = 972  # e2e: small tokens between forced tags; big segments of 51 tokens: ~5% offload
+LENGTH = int(os.environ.get("GPU_BENCH_LENGTH", "4096"))  # throughput: each sample's token budget
+FORCED_EVERY = int(os.environ.get("GPU_BENCH_EVERY", "972"))  # e2e: small tokens between forced tags; big
+# segments of 51 tokens: ~5% offload
 HERE = Path(__file__).resolve().parent
 
 
@@ -73,10 +77,18 @@ def profile_file(out: Path) -> Path:
     shares as measured for each pair's shapes."""
     models = root()
     path = out / "gpu-pair.yaml"
+    if os.environ.get("GPU_BENCH_PROFILE"):  # a dry run of the phases on other servers (e.g. the CPU demo pair)
+        path.write_text(Path(os.environ["GPU_BENCH_PROFILE"]).read_text())
+        return path
     described, small_share, big_share = {
-        "qwen3": ("random-weight Qwen3 1.7B + 8B shapes, the real Qwen3 tokenizer, one GPU, CUDA graphs", 0.16, 0.42),
+        # Sized from the workload: each model's KV cache holds 64 samples of 4096 tokens (Qwen3-1.7B
+        # 112 KiB a token, ~290k tokens at 0.28; 8B 144 KiB, ~320k at 0.45). At 0.16 the small server
+        # held ~160k and preempted at C = 64 (session 6).
+        "qwen3": ("random-weight Qwen3 1.7B + 8B shapes, the real Qwen3 tokenizer, one GPU, CUDA graphs", 0.28, 0.45),
         "r1": ("random-weight R1-Distill-Qwen 1.5B + 7B shapes on one GPU, CUDA graphs", 0.08, 0.25),
     }[PAIR]
+    if os.environ.get("GPU_BENCH_SHARES"):  # e.g. "0.33,0.55" on an 80 GB H100 (the shares above are an H200's)
+        small_share, big_share = (float(share) for share in os.environ["GPU_BENCH_SHARES"].split(","))
     path.write_text(f"""description: {described}
 small: {{model: {models / 'small'}, served_name: small, port: 8301, gpus: [0], gpu_memory: {small_share},
         max_model_len: 20480, dtype: bfloat16, extra_args: [--prefix-caching-hash-algo, xxhash]}}
@@ -433,12 +445,13 @@ def e2e(out: Path, lengths: list[int], modes: tuple[str, ...] = ("bench-splitrea
     results = []
     sinks = [out / f"{name}-rows.jsonl", *([Path(os.environ["OUT"]) / f"{name}-rows.jsonl"] if os.environ.get("OUT") else [])]
     for length in lengths:
-        for mode in modes:
-            profile = load_profile(str(out / "gpu-pair.yaml"), [*knobs, f"sampling.max_tokens={length}"])
+        for label in modes:
+            mode, own = _variant(label)
+            profile = load_profile(str(out / "gpu-pair.yaml"), [*knobs, f"sampling.max_tokens={length}", *own])
             trace = asyncio.run(run_question(profile, "Say something long.", mode))
             stats = trace.stats()
             probe_s = sum(call.seconds for call in trace.calls if call.kind == "probe")
-            row = {"length": length, "mode": mode, "error": trace.error, "wall_s": stats["wall_seconds"],
+            row = {"length": length, "mode": label, "error": trace.error, "wall_s": stats["wall_seconds"],
                    "big_generate_s": stats["generate_seconds"]["big"], "probe_s": round(probe_s, 3),
                    "tokens": stats["tokens"], "spent": stats["spent_tokens"], "offload": stats["offload_share"],
                    "handoffs": stats["handoffs"], "mean_handoff_latency_s": stats["mean_handoff_latency_s"],
@@ -483,6 +496,13 @@ def _counter_change(before: dict[str, float], after: dict[str, float]) -> dict[s
     return change
 
 
+def _variant(label: str) -> tuple[str, list[str]]:
+    """`MODE@KEY=VALUE@KEY=VALUE`: a mode run with profile knobs of its own, e.g.
+    `bench-splitreason-stream@gather.share=0` (no waves)."""
+    mode, *knobs = label.split("@")
+    return mode, knobs
+
+
 async def _in_flight(profile: Any, mode: str, level: int) -> tuple[float, list[Any]]:
     """`level` samples of `mode` at once over one pool per model: the wall time and their traces."""
     from splitcli.modes import get_mode
@@ -510,11 +530,11 @@ def throughput(out: Path, levels: list[int], length: int = 4096,
     rows = []
     sinks = [out / "throughput-rows.jsonl",
              *([Path(os.environ["OUT"]) / "throughput-rows.jsonl"] if os.environ.get("OUT") else [])]
-    urls = {name: value.split("|")[1] for name, value in SERVERS.items()}
     for level in levels:
-        for mode in modes:
-            profile = load_profile(str(out / "gpu-pair.yaml"), [*knobs, f"sampling.max_tokens={length}"])
-
+        for label in modes:
+            mode, own = _variant(label)
+            profile = load_profile(str(out / "gpu-pair.yaml"), [*knobs, f"sampling.max_tokens={length}", *own])
+            urls = {"small": profile.small.urls[0], "big": profile.big.urls[0]}
             before = {name: _engine_counters(url) for name, url in urls.items()}
             wall, traces = asyncio.run(_in_flight(profile, mode, level))
             after = {name: _engine_counters(url) for name, url in urls.items()}
@@ -524,13 +544,17 @@ def throughput(out: Path, levels: list[int], length: int = 4096,
             for s in stats:
                 for path, count in s["probe_calls"].items():
                     probe_calls[path] = probe_calls.get(path, 0) + count
-            row = {"concurrency": level, "mode": mode, "length": length, "wall_s": round(wall, 3),
+            waited = [segment.waited for t in traces for segment in t.segments if segment.model == "big"]
+            row = {"concurrency": level, "mode": label, "length": length, "wall_s": round(wall, 3),
                    "errors": [t.error for t in traces if t.error][:3], "tokens": tokens,
                    "tokens_per_s": round(sum(tokens.values()) / wall, 1),
                    "offload": round(tokens["big"] / max(1, sum(tokens.values())), 4),
                    "probe_s": round(sum(call.seconds for t in traces for call in t.calls if call.kind == "probe"), 2),
                    "big_generate_s": round(sum(s["generate_seconds"]["big"] for s in stats), 2),
                    "handoffs": sum(s["handoffs"] for s in stats), "probe_calls": probe_calls,
+                   "gather": {"share": profile.gather.share, "wait_s": profile.gather.wait_s,
+                              "segments_waited": sum(w > 0 for w in waited), "waited_s": round(sum(waited), 2),
+                              "big_segments": len(waited)},
                    "engine": {name: _counter_change(before[name], after[name]) for name in urls}}
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -546,6 +570,37 @@ def throughput(out: Path, levels: list[int], length: int = 4096,
             row["vs_ideal"] = round(row["wall_s"] / ideal, 3)
             row["vs_big_only"] = round(row["tokens_per_s"] / alone["big"]["tokens_per_s"], 3)
     return {"every": FORCED_EVERY, "cap": 51, "rows": rows}
+
+
+def eval_throughput(out: Path, levels: list[int], modes: tuple[str, ...], length: int = 4096) -> dict[str, Any]:
+    """The shipped path: `splitreason eval --data FILE --concurrency C` run by the CLI in this process
+    (where the forced modes are registered), C problems of one sample each; results.json's wall time
+    and tokens/s per model (spent tokens, as eval's progress bar counts them)."""
+    from typer.testing import CliRunner
+
+    from splitcli.cli import app
+
+    knobs = forced_modes()
+    rows = []
+    for level in levels:
+        data = out / f"eval-problems-{level}.jsonl"
+        data.write_text("".join(json.dumps({"id": f"p{index}", "problem": f"Say something long, problem {index}.",
+                                            "answer": "0"}) + "\n" for index in range(level)))
+        for label in modes:
+            mode, own = _variant(label)
+            folder = out / f"eval-{level}-{label.replace('@', '_').replace('=', '-')}-{int(time.time())}"
+            sets = [arg for knob in [*knobs, f"sampling.max_tokens={length}", *own] for arg in ("--set", knob)]
+            args = ["eval", "--profile", str(out / "gpu-pair.yaml"), "--task", "math500", "--data", str(data),
+                    "--mode", mode, "--n", "1", "--concurrency", str(level), "--out", str(folder), "--json", *sets]
+            done = CliRunner().invoke(app, args)
+            results = json.loads((folder / "results.json").read_text()) if (folder / "results.json").exists() else {}
+            row = {"concurrency": level, "mode": label, "code": done.exit_code,
+                   "wall_s": results.get("wall_seconds"), "throughput": results.get("throughput"),
+                   "probe_calls": (results.get("usage") or {}).get("probe_calls"),
+                   "errored": results.get("errored"), "tail": done.output[-600:] if done.exit_code else ""}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return {"every": FORCED_EVERY, "cap": 51, "length": length, "rows": rows}
 
 
 def _handoffs_by_receiver(costs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -707,8 +762,11 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     profile_file(out)
     os.environ.setdefault("SPLITREASON_HOME", str(Path.home() / ".cache" / "splitreason"))
-    card = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                          capture_output=True, text=True).stdout.strip()
+    try:
+        card = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True).stdout.strip()
+    except FileNotFoundError:
+        card = "no GPU (a dry run)"
     import vllm
 
     header = {"card": card, "vllm": vllm.__version__, "cuda_graphs": True, "pair": PAIR, "phase": phase,
@@ -737,7 +795,11 @@ def main() -> None:
     elif phase == "throughput":  # throughput [C...] [MODE,MODE,...]: C samples in flight, 4096 tokens each
         levels = [int(arg) for arg in sys.argv[3:] if arg.isdigit()] or [1, 8, 32, 64]
         chosen = [arg for arg in sys.argv[3:] if not arg.isdigit()]
-        result = throughput(out, levels, modes=tuple(chosen[0].split(",")) if chosen else THROUGHPUT_MODES)
+        result = throughput(out, levels, LENGTH, tuple(chosen[0].split(",")) if chosen else THROUGHPUT_MODES)
+    elif phase == "eval-throughput":  # eval-throughput [C...] MODE,MODE: through `splitreason eval` itself
+        levels = [int(arg) for arg in sys.argv[3:] if arg.isdigit()] or [64]
+        chosen = [arg for arg in sys.argv[3:] if not arg.isdigit()]
+        result = eval_throughput(out, levels, tuple(chosen[0].split(",")) if chosen else THROUGHPUT_MODES, LENGTH)
     elif phase == "session":
         result = session_handoffs(out, sys.argv[3:] or ["small", "big"])
     elif phase == "lifecycle":
