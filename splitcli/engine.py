@@ -99,21 +99,32 @@ class EngineClient(ModelConnection):
     twin that shares the pool but records its calls into that session's trace (see ModelConnection).
     """
 
-    async def _send(self, path: str, body: dict[str, Any], kind: str,
-                    url: str | None = None) -> tuple[httpx.Response, Call, str]:
-        """POST to `url` or the next replica: the response, its (timed, not yet recorded) Call, and the URL."""
+    async def _send(self, path: str, body: dict[str, Any], kind: str, url: str | None = None, *,
+                    call: Call | None = None) -> tuple[httpx.Response, Call, str]:
+        """POST to `url` or the next replica: the response, its (timed, not yet recorded) Call, and the
+        URL. A `call` given is one the trace keeps: cancelled before its answer (a probe past the cut),
+        it is recorded as such, since closing the connection makes the server abort it."""
         url = url or self._url()
-        call = Call(self.role, kind, self._clock(), 0.0, url=url)
+        kept = call is not None
+        call = call or Call(self.role, kind, 0.0, 0.0)
+        call.start, call.url = self._clock(), url
         try:
             response = await self._http.post(f"{url}{path}", content=_encode(body), headers=self._headers)
         except httpx.HTTPError as exc:
             raise self._failure(url, exc) from None
+        except asyncio.CancelledError:
+            if kept:
+                call.end, call.cancelled = self._clock(), True
+                self._record(call)
+            raise
         finally:
             call.end = self._clock()
         return response, call, url
 
-    async def _post(self, path: str, body: dict[str, Any], kind: str) -> tuple[dict[str, Any], Call]:
-        response, call, url = await self._send(path, body, kind)
+    async def _post(self, path: str, body: dict[str, Any], kind: str,
+                    call: Call | None = None) -> tuple[dict[str, Any], Call]:
+        """POST and read the JSON answer; the call is recorded, answered or cancelled."""
+        response, call, url = await self._send(path, body, kind, call=call or Call(self.role, kind, 0.0, 0.0))
         if response.status_code != 200:
             raise self._refused(url, response)
         self._record(call)
@@ -149,14 +160,8 @@ class EngineClient(ModelConnection):
             return None, str(self._info.get("continuations_why", "the server has no probe route"))
         body = {"prompt": prompt, "first": first, "max_tokens": max_tokens, "marker": marker,
                 "skip_special_tokens": self.skip_special_tokens}
-        url, started = self._url(), self._clock()
-        try:
-            response, call, url = await self._send(CONTINUATIONS_PATH, body, "probe", url)
-        except asyncio.CancelledError:  # no longer needed (the cut is known): the server aborts it
-            self._record(Call(self.role, "probe", started, self._clock(), prompt_tokens=len(prompt), cancelled=True,
-                              path="route", url=url))
-            raise
-        call.path, call.prompt_tokens = "route", len(prompt)
+        response, call, url = await self._send(CONTINUATIONS_PATH, body, "probe",
+                                               call=Call(self.role, "probe", 0.0, 0.0, prompt_tokens=len(prompt), path="route"))
         if response.status_code != 200:  # same answers over the OpenAI API, in more time
             why = self._no_route("continuations", url, response, "probe", "probing over the OpenAI API instead")
             call.why, call.prompts = why, 0
@@ -174,12 +179,13 @@ class EngineClient(ModelConnection):
         live route (one we did not start, or a vLLM without streaming input): warm up as before."""
         if self._info.get("live") is False:
             return None
-        response, call, url = await self._send(LIVE_PATH, {"op": "open", "prompt": prompt}, "warm")
+        response, call, url = await self._send(LIVE_PATH, {"op": "open", "prompt": prompt}, "warm",
+                                               call=Call(self.role, "warm", 0.0, 0.0, prompt_tokens=len(prompt)))
         if response.status_code != 200:
             self._no_route("live", url, response, "live", "warming up over the OpenAI API instead")
             return None
         data = response.json()
-        call.prompts, call.prompt_tokens, call.cached_tokens = 1, len(prompt), int(data.get("cached_tokens", 0))
+        call.cached_tokens = int(data.get("cached_tokens", 0))
         self._record(call)
         return LiveRequest(str(data["id"]), url, list(prompt))
 
@@ -278,10 +284,9 @@ class EngineClient(ModelConnection):
                           token_ids=token_ids, min_tokens=min_tokens)
         if n > 1:
             body["n"] = n
-        data, call = await self._post("/v1/completions", body, kind)
-        call.path, call.why = path, why
+        data, call = await self._post("/v1/completions", body, kind,
+                                      Call(self.role, kind, 0.0, 0.0, prompts=len(prompts) * n, path=path, why=why))
         usage = Usage.read(data.get("usage") or {})
-        call.prompts = len(prompts) * n
         call.prompt_tokens, call.cached_tokens = usage.prompt_tokens, usage.cached_tokens
         call.completion_tokens = usage.completion_tokens
         results = [Completion() for _ in range(len(prompts) * n)]

@@ -144,3 +144,42 @@ def test_the_kv_cache_size_is_read_from_vllms_cache_config_info() -> None:
     assert kv_cache_tokens(text) == 2000 * 32  # both engines of a data-parallel server
     assert kv_cache_tokens("vllm:num_requests_running 0.0\n") is None
     assert kv_cache_tokens('vllm:cache_config_info{block_size="32",num_gpu_blocks="None"} 1.0\n') is None
+
+
+@pytest.mark.parametrize("path", ["route", "openai"])
+def test_a_probe_cancelled_before_its_answer_is_in_the_trace_as_cancelled(path: str) -> None:
+    # The stream mode cancels probes still out once the cut is known, by either path; what they
+    # cost is part of the run, so the trace keeps each, marked cancelled (the server aborts it).
+    from splitcli.trace import Call
+
+    async def go() -> list[Call]:
+        asked = asyncio.Event()
+
+        async def never_answers(request: httpx.Request) -> httpx.Response:
+            asked.set()
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        recorded: list[Call] = []
+        client = EngineClient("small", "m", ["http://h:1"], "(start it)", record=recorded.append)
+        client._http = httpx.AsyncClient(transport=httpx.MockTransport(never_answers))
+        if path == "route":
+            probe = client.continuations([5, 6, 7, 8], 2, 8, "</big")
+        else:
+            probe = client.complete([[5, 6], [5, 6, 7]], max_tokens=8, kind="probe", token_ids=False,
+                                    path="openai", why="probe_route is off")
+        task = asyncio.ensure_future(probe)
+        await asyncio.wait_for(asked.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await client.aclose()
+        return recorded
+
+    (call,) = asyncio.run(go())
+    assert (call.kind, call.cancelled, call.path, call.url) == ("probe", True, path, "http://h:1")
+    assert call.end >= call.start > 0
+    if path == "route":
+        assert call.prompt_tokens == 4
+    else:
+        assert (call.prompts, call.why) == (2, "probe_route is off")
