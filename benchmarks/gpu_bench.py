@@ -18,6 +18,9 @@ splitcli/assets/qwen3); `r1`, the R1-Distill-Qwen 1.5B and 7B shapes with the de
     python benchmarks/gpu_bench.py WORK lifecycle # a foreign process, kill-gpus, stop
     python benchmarks/gpu_bench.py WORK vocab     # does vLLM take a 151936-row draft for a 152064-row target?
 
+Both servers share GPU 0 at memory shares sized for an H200 (0.28 / 0.45); on an 80 GB H100 set
+GPU_BENCH_SHARES=0.33,0.55 (session 12), where 64 samples of 4096 tokens still overflow the caches.
+
 Each phase writes WORK/<phase>.json (and copies it to $OUT when set). Random weights never write
 <bigmodel>: the e2e phase forces a tag every `every` small tokens (a test-only mode registered here,
 not shipped), and the big segment runs to its cap, so every chunk is probed in full (the worst case
