@@ -246,8 +246,11 @@ async def check_replicas(group: list[ModelConnection]) -> None:
     or a small and a big that keep one index: `replica_pairs`) must be reachable. Where one is not (a
     replica that died before this command, or while it was up), the group moves to the least used
     index whose replicas are all up: nothing of the Session is there yet, so no prefix cache is lost.
-    With none left, the Session's first call fails as usual."""
+    With none left, the Session's first call fails as usual. A model on one server has nowhere to
+    move: no health request is spent on it (its first call says what failed)."""
     lead = group[0]
+    if all(len(member.urls) == 1 for member in group):
+        return
     tried: set[int] = set()
     while (index := lead.replica) is not None and index not in tried:
         tried.add(index)
